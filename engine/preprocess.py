@@ -1,0 +1,168 @@
+"""Image decoding and the one preprocessing function shared by inference, dataset preparation and evaluation.
+
+The model sees an `InputSpec.size` square. Two geometric modes exist:
+
+* ``stretch`` (BlurFlag's own models): the whole frame is resized to the square, so runners at the
+  edges of a 3:2 frame are kept and no pixels are spent on padding.
+* ``center_crop`` (a plain ultralytics export): shortest side to the size, then a centre crop, which is
+  what ultralytics does at predict time.
+
+JPEGs are decoded at a reduced DCT scale (libjpeg "draft" mode) when the decoded short side still
+covers ``draft_factor`` times the input size; README/MODEL_CARD report the measured effect.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.errors import UnreadableImageError
+
+ResizeMode = Literal["stretch", "center_crop"]
+
+#: Formats BlurFlag reads, as PIL names them (MPO is the multi-picture JPEG some cameras write).
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "TIFF", "WEBP", "BMP"})
+#: File suffixes treated as images when a folder is expanded.
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp"})
+#: Default decompression-bomb limit: 250 megapixels covers 100 MP medium-format files with room to spare.
+DEFAULT_MAX_PIXELS = 250_000_000
+_BACKGROUND = (128, 128, 128)  # transparent pixels become neutral grey: no fake edges, no fake softness
+
+# PIL's own bomb check must not fire before ours with a less helpful message.
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_MAX_PIXELS)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes a model input."""
+
+    size: int = 224
+    resize: ResizeMode = "center_crop"
+    draft_factor: float = 2.0  # decoded short side >= draft_factor * size, or no draft (0 disables)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @property
+    def filter(self) -> Image.Resampling:
+        # Lanczos keeps the frequencies near Nyquist that carry blur evidence; center_crop copies
+        # ultralytics' bilinear so plain exports see what they were trained on.
+        return Image.Resampling.LANCZOS if self.resize == "stretch" else Image.Resampling.BILINEAR
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    """Whether a file name looks like an image BlurFlag reads."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def open_image(path: str | os.PathLike[str], spec: InputSpec | None = None) -> Image.Image:
+    """Decode an image file to an upright 8-bit RGB image, at reduced JPEG scale when `spec` allows.
+
+    Raises:
+        UnreadableImageError: with a message fit for the user, for any file that cannot be used.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise UnreadableImageError("file not found") from None
+    except OSError as exc:
+        raise UnreadableImageError(f"cannot access file: {exc.strerror or exc}") from None
+    if p.is_dir():
+        raise UnreadableImageError("is a folder, not an image")
+    if size == 0:
+        raise UnreadableImageError("empty file (0 bytes)")
+    try:
+        with Image.open(p) as img:
+            return _decode(img, spec)
+    except UnreadableImageError:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImageError("not an image, or an unsupported format") from None
+    except Image.DecompressionBombError:
+        raise UnreadableImageError("image too large (decompression-bomb limit)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc) or type(exc).__name__
+        if "truncated" in msg.lower() or isinstance(exc, EOFError):
+            raise UnreadableImageError(f"truncated or incomplete file ({msg})") from None
+        raise UnreadableImageError(f"corrupt or unsupported image ({msg})") from None
+    except MemoryError:
+        raise UnreadableImageError("not enough memory to decode this image") from None
+
+
+def _decode(img: Image.Image, spec: InputSpec | None) -> Image.Image:
+    fmt = img.format or "unknown"
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnreadableImageError(
+            f"unsupported format {fmt}; BlurFlag reads JPEG, PNG, TIFF, WebP and BMP"
+        )
+    limit = spec.max_pixels if spec else DEFAULT_MAX_PIXELS
+    w, h = img.size
+    if w * h > limit:
+        raise UnreadableImageError(
+            f"image too large: {w}x{h} is {w * h / 1e6:.0f} MP, the limit is {limit / 1e6:.0f} MP"
+        )
+    if spec is not None and spec.draft_factor > 0 and fmt in ("JPEG", "MPO"):
+        side = int(round(spec.size * spec.draft_factor))
+        img.draft("RGB", (side, side))
+    img.load()
+    oriented = ImageOps.exif_transpose(img)
+    return _to_rgb8(oriented if oriented is not None else img)
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: greyscale, CMYK, 16-bit, float, palette and alpha images included."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_model_image(img: Image.Image, spec: InputSpec) -> Image.Image:
+    """The geometric step: an RGB image to the model's square input, per `spec.resize`."""
+    s = spec.size
+    if spec.resize == "stretch":
+        return img.resize((s, s), spec.filter) if img.size != (s, s) else img
+    w, h = img.size
+    scale = s / min(w, h)
+    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), spec.filter)
+    left, top = (nw - s) // 2, (nh - s) // 2
+    return img.crop((left, top, left + s, top + s))
+
+
+def to_tensor(img: Image.Image) -> np.ndarray:
+    """RGB uint8 HxWx3 to float32 3xHxW in [0, 1] (no mean/std, as ultralytics trains)."""
+    arr = np.asarray(img, dtype=np.uint8)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """An already decoded RGB image to one model input (3xSxS float32)."""
+    return to_tensor(to_model_image(img, spec))
+
+
+def load_model_input(path: str | os.PathLike[str], spec: InputSpec) -> np.ndarray:
+    """The shared preprocessing: file to model input, exactly as the model was trained."""
+    return preprocess(open_image(path, spec), spec)

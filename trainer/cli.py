@@ -1,0 +1,286 @@
+"""`blurflag-train`: prepare -> train -> export -> evaluate, each as a subcommand, and `run` for all four.
+
+With `--events`, `run` prints one JSON object per line on stdout (the desktop trainer tab reads them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from engine.preprocess import InputSpec
+
+
+class Reporter:
+    """Prints progress as text, or as JSON lines with `--events`."""
+
+    def __init__(self, events: bool, out: TextIO) -> None:
+        self.events = events
+        self.out = out
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, **data: Any) -> None:
+        with self._lock:
+            if self.events:
+                self.out.write(json.dumps({"event": event, **data}, default=float) + "\n")
+            elif event == "log":
+                self.out.write(f"{data['message']}\n")
+            elif event == "step":
+                self.out.write(f"== step {data['index']}/{data['total']}: {data['step']}\n")
+            elif event == "epoch":
+                top1 = data.get("top1")
+                self.out.write(
+                    f"epoch {data['epoch']}/{data['epochs']}  loss {data.get('loss') or float('nan'):.4f}"
+                    f"  val top1 {top1 if top1 is not None else float('nan'):.3f}\n"
+                )
+            self.out.flush()
+
+    def log(self, message: str) -> None:
+        self.emit("log", message=message)
+
+
+def _synth_counts(items: Sequence[str]) -> dict[str, int]:
+    from engine.model import PRODUCT_CLASSES
+
+    counts: dict[str, int] = {}
+    for item in items:
+        name, _, n = item.partition("=")
+        if name not in PRODUCT_CLASSES or not n.isdigit():
+            raise argparse.ArgumentTypeError(f"--synth takes CLASS=N with CLASS one of {sorted(PRODUCT_CLASSES)}")
+        counts[name] = int(n)
+    return counts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="blurflag-train", description="Retrain BlurFlag's blur classifier offline.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_prepare_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--imgsz", type=int, default=224, help="model input size (default 224)")
+        sp.add_argument("--resize", choices=["stretch", "center_crop"], default="stretch")
+        sp.add_argument("--val-fraction", type=float, default=0.2)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--no-balance", action="store_true", help="do not balance small classes by augmentation")
+        sp.add_argument("--synth", action="append", default=[], metavar="CLASS=N",
+                        help="add N synthetic training examples of CLASS made from sharp photos (repeatable)")
+        sp.add_argument("--mask-dir", type=Path, help="cached person masks (see `masks`)")
+        sp.add_argument("--workers", type=int, default=2)
+
+    def add_train_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--epochs", type=int, default=100)
+        sp.add_argument("--patience", type=int, default=20)
+        sp.add_argument("--batch", type=int, default=16)
+        sp.add_argument("--weights", type=Path, help="local pretrained .pt (default: train from yolov8n-cls.yaml)")
+        sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+
+    sp = sub.add_parser("prepare", help="split by group, synthesise/balance, write an ImageFolder dataset")
+    sp.add_argument("source", type=Path)
+    sp.add_argument("out", type=Path)
+    add_prepare_opts(sp)
+
+    sp = sub.add_parser("synthesize", help="make synthetic blur examples from sharp photos")
+    sp.add_argument("source", type=Path, help="a folder of sharp photos")
+    sp.add_argument("out", type=Path)
+    sp.add_argument("--kind", action="append", required=True, help="synthesis kind (repeatable), e.g. defocus")
+    sp.add_argument("--count", type=int, default=10, help="images per kind")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--contact-sheet", action="store_true")
+
+    sp = sub.add_parser("train", help="fine-tune YOLOv8n-cls on a prepared dataset")
+    sp.add_argument("dataset", type=Path)
+    sp.add_argument("--work", type=Path, required=True, help="work folder for runs and checkpoints")
+    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work")
+    add_train_opts(sp)
+
+    sp = sub.add_parser("export", help="best.pt -> ONNX + class_names.json, verified by a parity check")
+    sp.add_argument("weights", type=Path)
+    sp.add_argument("model_dir", type=Path)
+    sp.add_argument("--dataset", type=Path, help="prepared dataset (input spec + parity images)")
+
+    sp = sub.add_parser("evaluate", help="evaluate an exported model folder through the engine")
+    sp.add_argument("model_dir", type=Path)
+    sp.add_argument("dataset", type=Path)
+    sp.add_argument("--split", default="val")
+    sp.add_argument("--json", type=Path, help="write the full report as JSON here")
+
+    sp = sub.add_parser("run", help="prepare -> train -> export -> evaluate")
+    sp.add_argument("source", type=Path)
+    sp.add_argument("--work", type=Path, required=True)
+    sp.add_argument("--model-out", type=Path, required=True)
+    sp.add_argument("--extra-examples", type=Path, action="append", default=[],
+                    help="more class folders (e.g. overrides exported from the app), merged into the source")
+    sp.add_argument("--events", action="store_true", help="JSON lines on stdout")
+    add_prepare_opts(sp)
+    add_train_opts(sp)
+    sp.add_argument("--synth-per-class", type=int, default=0, help="N synthetic examples for every blur class")
+    return p
+
+
+def _spec(args: argparse.Namespace) -> InputSpec:
+    return InputSpec(size=args.imgsz, resize=args.resize)
+
+
+def _prepare_options(args: argparse.Namespace) -> Any:
+    from trainer.dataset import PrepareOptions
+
+    synth = _synth_counts(args.synth)
+    for c in ("defocused_blurred", "defocused_object_portrait", "motion_blurred"):
+        if getattr(args, "synth_per_class", 0):
+            synth.setdefault(c, args.synth_per_class)
+    return PrepareOptions(spec=_spec(args), val_fraction=args.val_fraction, seed=args.seed,
+                          balance=not args.no_balance, synth=synth, workers=args.workers, mask_dir=args.mask_dir)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from trainer.train import TrainConfig
+
+    kw: dict[str, Any] = {"epochs": args.epochs, "patience": args.patience, "batch": args.batch}
+    if args.threads:
+        kw["threads"] = args.threads
+    return TrainConfig(**kw)
+
+
+def _parity_images(dataset: Path, n: int = 8) -> list[Path]:
+    from trainer.evaluate import collect_samples
+
+    samples = collect_samples(dataset, "val") or collect_samples(dataset, "train")
+    return [s.path for s in samples[:: max(1, len(samples) // n)][:n]]
+
+
+def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> int:
+    from trainer.dataset import count_table, prepare
+    from trainer.evaluate import evaluate, format_report, write_report
+    from trainer.export import export_onnx
+    from trainer.train import EpochStats, train_model
+
+    work = args.work.resolve()
+    dataset = work / "dataset"
+    source = args.source
+    if args.extra_examples:
+        source = _merge_sources(args.source, args.extra_examples, work / "source")
+    rep.emit("step", step="prepare", index=1, total=4)
+    rows = prepare(source, dataset, _prepare_options(args), rep.log)
+    rep.log(count_table(rows))
+    if stop.is_set():
+        return 130
+
+    def on_epoch(s: EpochStats) -> None:
+        rep.emit("epoch", epoch=s.epoch, epochs=s.epochs, loss=s.loss, top1=s.top1, val_loss=s.val_loss)
+
+    rep.emit("step", step="train", index=2, total=4)
+    best = train_model(dataset, work, _train_config(args), args.weights, on_epoch=on_epoch, log=rep.log, stop_event=stop)
+    rep.emit("step", step="export", index=3, total=4)
+    report = export_onnx(best, args.model_out, _spec(args), _parity_images(dataset))
+    rep.log(f"exported {report.model_dir} (parity max |dp| = {report.max_abs_diff:.2e} on {report.images_checked} images)")
+    rep.emit("step", step="evaluate", index=4, total=4)
+    ev = evaluate(args.model_out, dataset, "val")
+    write_report(ev, Path(args.model_out) / "evaluation.json")
+    rep.log(format_report(ev))
+    rep.emit("metrics", names=ev.names, recall={k: v.value for k, v in ev.recall.items()}, precision=ev.precision,
+             sharp_false_positive_rate=ev.sharp_false_positive_rate.value, accuracy=ev.accuracy,
+             confusion=ev.confusion, count=ev.count)
+    rep.emit("done", model_dir=str(Path(args.model_out).resolve()))
+    return 0
+
+
+def _merge_sources(source: Path, extras: Sequence[Path], dest: Path) -> Path:
+    """A work-folder view of the source plus extra class folders, made of symlinks (the user's files are untouched)."""
+    from trainer.dataset import PLAN_FOLDERS
+
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    for root in (source, *extras):
+        for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+            label = PLAN_FOLDERS.get(folder.name.strip().lower())
+            if label is None:
+                continue
+            target = dest / label / f"{len(list((dest / label).glob('*'))) if (dest / label).exists() else 0:03d}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(folder.resolve(), target_is_directory=True)
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `blurflag-train`."""
+    args = _parser().parse_args(argv)
+    rep = Reporter(getattr(args, "events", False), sys.stdout)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+        rep.log("cancelling after the current batch...")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    start = time.monotonic()
+    try:
+        if args.command == "run":
+            code = _cmd_run(args, rep, stop)
+        elif args.command == "prepare":
+            from trainer.dataset import count_table, prepare
+
+            rows = prepare(args.source, args.out, _prepare_options(args), rep.log)
+            print(count_table(rows))
+            failed = [r for r in rows if r.error]
+            for r in failed[:20]:
+                print(f"skipped {r.source}: {r.error}", file=sys.stderr)
+            code = 0
+        elif args.command == "synthesize":
+            from trainer.synthesize_cmd import synthesize_folder
+
+            n = synthesize_folder(args.source, args.out, args.kind, args.count, args.seed, args.contact_sheet, rep.log)
+            rep.log(f"wrote {n} images to {args.out}")
+            code = 0
+        elif args.command == "train":
+            from trainer.train import train_model
+
+            best = train_model(args.dataset, args.work, _train_config(args), args.weights, args.resume,
+                               on_epoch=lambda s: rep.emit("epoch", **s.__dict__), log=rep.log, stop_event=stop)
+            print(best)
+            code = 0
+        elif args.command == "export":
+            from trainer.dataset import read_dataset_spec
+            from trainer.export import export_onnx
+
+            spec = read_dataset_spec(args.dataset) if args.dataset else InputSpec(size=224, resize="center_crop")
+            images = _parity_images(args.dataset) if args.dataset else []
+            report = export_onnx(args.weights, args.model_dir, spec, images)
+            print(f"exported {report.model_dir}: classes {list(report.names)}; "
+                  f"parity max |dp| = {report.max_abs_diff:.2e} on {report.images_checked} images")
+            code = 0
+        elif args.command == "evaluate":
+            from trainer.evaluate import evaluate, format_report, write_report
+
+            ev = evaluate(args.model_dir, args.dataset, args.split)
+            print(format_report(ev))
+            if args.json:
+                write_report(ev, args.json)
+            code = 0
+        else:  # pragma: no cover - argparse rejects unknown commands
+            code = 2
+    except InterruptedError:
+        rep.emit("error", message="cancelled")
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError, FileExistsError, OSError) as exc:
+        rep.emit("error", message=str(exc))
+        if not rep.events:
+            print(f"blurflag-train: error: {exc}", file=sys.stderr)
+        return 1
+    if stop.is_set():
+        rep.emit("error", message="cancelled")
+        return 130
+    rep.log(f"finished in {time.monotonic() - start:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""Dataset preparation: find labelled photos, split by group, add synthetic and augmented examples, write ImageFolder.
+
+Order matters: the train/validation split is made on groups (bursts or scenes) of *originals* first; only
+then are augmented copies and synthetic blur made, each from an original of its own split, so nothing
+derived from a validation photo is ever trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from engine.errors import UnreadableImageError
+from engine.model import PRODUCT_CLASSES, SHARP
+from engine.preprocess import InputSpec, is_image_path, open_image, to_model_image
+
+#: The original plan's folder names, then the class names themselves (matched case-insensitively).
+PLAN_FOLDERS: dict[str, str] = {
+    "portrait photos running event and bib numbers": SHARP,
+    "defocused object in portrait": "defocused_object_portrait",
+    **{name: name for name in PRODUCT_CLASSES},
+}
+#: Which synthetic kinds make examples of each class (see trainer.synthesis.KIND_LABELS).
+SYNTH_KINDS: dict[str, tuple[str, ...]] = {
+    "defocused_blurred": ("defocus",),
+    "motion_blurred": ("shake", "linear_motion", "subject_motion"),
+    "defocused_object_portrait": ("subject_defocus",),
+    SHARP: ("bokeh", "panning", "high_iso"),
+}
+WORK_LONG_SIDE = 1024  # synthesis size; strengths are always stated in pixels at a 2048-px long side
+DATASET_INFO = "dataset.json"
+MANIFEST = "manifest.csv"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One labelled original photo."""
+
+    path: Path
+    label: str
+    group: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One output example to make: an original, possibly synthesised or augmented."""
+
+    split: str
+    label: str
+    source: SourceImage
+    kind: str = "original"  # original | augmented | a synthesis kind
+    seed: int = 0
+    out_name: str = ""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    split: str
+    label: str
+    file: str
+    source: str
+    group: str
+    kind: str
+    strength_px: float = 0.0
+    synth_file: str = ""
+    params: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    spec: InputSpec = field(default_factory=lambda: InputSpec(size=224, resize="stretch"))
+    val_fraction: float = 0.2
+    seed: int = 0
+    balance: bool = True
+    synth: Mapping[str, int] = field(default_factory=dict)  # extra synthetic training examples per class
+    workers: int = 2
+    mask_dir: Path | None = None  # cached person masks (trainer.masks.precompute_masks)
+
+
+# --------------------------------------------------------------------------- discovery and groups
+def discover(source: Path) -> list[SourceImage]:
+    """Labelled originals from the plan's folder layout or plain class-named folders (searched recursively)."""
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {source}")
+    found: list[tuple[Path, str]] = []
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        label = PLAN_FOLDERS.get(folder.name.strip().lower())
+        if label is None:
+            continue
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and is_image_path(f) and not f.name.startswith("."):
+                found.append((f, label))
+    if not found:
+        known = ", ".join(sorted({*PLAN_FOLDERS}))
+        raise ValueError(f"no labelled images under {source}; expected subfolders named: {known}")
+    groups = infer_groups([p for p, _ in found])
+    return [SourceImage(p, label, groups[p]) for p, label in found]
+
+
+def _exif_time(path: Path) -> datetime | None:
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+            raw = exif.get_ifd(0x8769).get(36867) or exif.get(306)  # DateTimeOriginal, else DateTime
+    except Exception:
+        return None
+    try:
+        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S") if raw else None
+    except ValueError:
+        return None
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def infer_groups(paths: Sequence[Path], burst_gap_s: float = 3.0, number_gap: int = 3) -> dict[Path, str]:
+    """Group near-duplicates: frames shot within `burst_gap_s` (EXIF time), else consecutive file numbers.
+
+    Groups are formed per folder-independent camera sequence, so a burst labelled partly sharp and partly
+    blurred still lands on one side of the split.
+    """
+    groups: dict[Path, str] = {}
+    timed = sorted(((t, p) for p in paths if (t := _exif_time(p)) is not None), key=lambda tp: (tp[0], str(tp[1])))
+    last: datetime | None = None
+    gid = 0
+    for t, p in timed:
+        if last is None or (t - last).total_seconds() > burst_gap_s:
+            gid += 1
+        groups[p] = f"burst{gid:05d}"
+        last = t
+    untimed = [p for p in paths if p not in groups]
+    keyed: list[tuple[str, int, Path]] = []
+    for p in untimed:
+        m = _NUMBERED.match(p.stem)
+        if m:
+            keyed.append((m.group(1), int(m.group(2)), p))
+        else:
+            groups[p] = f"file:{p.stem}"
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    prev: tuple[str, int] | None = None
+    for prefix, num, p in keyed:
+        if prev is None or prev[0] != prefix or num - prev[1] > number_gap:
+            gid += 1
+        groups[p] = f"seq{gid:05d}"
+        prev = (prefix, num)
+    return groups
+
+
+def split_by_group(
+    items: Sequence[SourceImage], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[SourceImage], list[SourceImage]]:
+    """Deterministic ~80/20 split in which every group lies wholly on one side, per class as far as groups allow."""
+    by_group: dict[str, list[SourceImage]] = defaultdict(list)
+    for it in items:
+        by_group[it.group].append(it)
+    names = sorted(by_group)
+    random.Random(seed).shuffle(names)
+    totals = Counter(it.label for it in items)
+    target = {c: val_fraction * n for c, n in totals.items()}
+    in_val: Counter[str] = Counter()
+    val_groups: set[str] = set()
+    for g in names:
+        counts = Counter(it.label for it in by_group[g])
+        # take the group if the class it mostly adds is still below its validation target
+        main = counts.most_common(1)[0][0]
+        if in_val[main] + counts[main] / 2 <= target[main] and len(by_group) > 1:
+            val_groups.add(g)
+            in_val.update(counts)
+    train = [it for it in items if it.group not in val_groups]
+    val = [it for it in items if it.group in val_groups]
+    return train, val
+
+
+# --------------------------------------------------------------------------- planning
+def plan_jobs(
+    splits: Mapping[str, Sequence[SourceImage]],
+    synth_per_split: Mapping[str, Mapping[str, int]],
+    balance_splits: Iterable[str] = ("train",),
+    seed: int = 0,
+    has_mask: Callable[[SourceImage], bool] | None = None,
+) -> list[Job]:
+    """Every example to make: originals, synthetic examples from each split's sharp originals, then balancing copies."""
+    rng = random.Random(seed)
+    jobs: list[Job] = []
+    balance_splits = set(balance_splits)
+    for split, items in splits.items():
+        for it in items:
+            jobs.append(Job(split, it.label, it, "original", rng.randrange(2**31)))
+        sharp = [it for it in items if it.label == SHARP]
+        masked = [it for it in sharp if has_mask is None or has_mask(it)]
+        for label, count in sorted(synth_per_split.get(split, {}).items()):
+            if count <= 0:
+                continue
+            kinds = SYNTH_KINDS[label]
+            for i in range(count):
+                kind = kinds[i % len(kinds)]
+                needs_mask = kind in {"subject_motion", "subject_defocus", "bokeh", "panning"}
+                pool = masked if needs_mask else sharp
+                if not pool:
+                    if needs_mask and sharp:  # no masks at all: fall back to a maskless kind of the same class
+                        alt = [k for k in kinds if k not in {"subject_motion", "subject_defocus", "bokeh", "panning"}]
+                        if not alt:
+                            continue
+                        kind, pool = alt[i % len(alt)], sharp
+                    else:
+                        continue
+                src = pool[rng.randrange(len(pool))]
+                jobs.append(Job(split, label, src, kind, rng.randrange(2**31)))
+        if split in balance_splits:
+            counts = Counter(j.label for j in jobs if j.split == split)
+            top = max(counts.values(), default=0)
+            originals: dict[str, list[SourceImage]] = defaultdict(list)
+            for it in items:
+                originals[it.label].append(it)
+            for label, n in sorted(counts.items()):
+                pool = originals.get(label, [])
+                for i in range(top - n if pool else 0):
+                    jobs.append(Job(split, label, pool[i % len(pool)], "augmented", rng.randrange(2**31)))
+    named: list[Job] = []
+    for k, job in enumerate(jobs):
+        named.append(replace(job, out_name=f"{k:06d}_{_slug(job.source.path.stem)}_{job.kind}.png"))
+    return named
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text)[:40].strip("-") or "img"
+
+
+# --------------------------------------------------------------------------- making one example
+def augment_original(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Blur-preserving copy: flip, mild exposure/contrast/colour change, a crop of at least 90% per side.
+
+    The crop is taken from the full decoded image and only ever downscaled afterwards, so it adds no softness.
+    """
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    w, h = img.size
+    fw, fh = rng.uniform(0.9, 1.0), rng.uniform(0.9, 1.0)
+    cw, ch = int(w * fw), int(h * fh)
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    img = img.crop((x0, y0, x0 + cw, y0 + ch))
+    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.85, 1.15)))
+    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.85, 1.15)))
+    return ImageEnhance.Color(img).enhance(float(rng.uniform(0.8, 1.2)))
+
+
+def _load_working(path: Path, long_side: int) -> np.ndarray:
+    with Image.open(path) as im:
+        im.draft("RGB", (long_side, long_side))
+        im.load()
+        from PIL import ImageOps
+
+        im = ImageOps.exif_transpose(im) or im
+        im = im.convert("RGB")
+    scale = long_side / max(im.size)
+    if scale < 1:
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def make_example(job: Job, out_dir: Path, spec: InputSpec, mask_dir: Path | None) -> ManifestRow:
+    """Write one example as a model-ready PNG (and its synthetic JPEG), return its manifest row."""
+    rel = Path(job.split) / job.label / job.out_name
+    row = ManifestRow(job.split, job.label, str(rel), str(job.source.path), job.source.group, job.kind)
+    rng = np.random.default_rng(job.seed)
+    try:
+        if job.kind == "original":
+            img = open_image(job.source.path, spec)
+        elif job.kind == "augmented":
+            img = augment_original(open_image(job.source.path, replace(spec, draft_factor=4.0)), rng)
+        else:
+            img, row = _synthesise(job, out_dir, spec, mask_dir, rng, row)
+    except (UnreadableImageError, OSError, ValueError) as exc:
+        return replace(row, file="", error=str(exc))
+    dest = out_dir / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    to_model_image(img, spec).save(dest, format="PNG", compress_level=1)
+    return row
+
+
+def _synthesise(
+    job: Job, out_dir: Path, spec: InputSpec, mask_dir: Path | None, rng: np.random.Generator, row: ManifestRow
+) -> tuple[Image.Image, ManifestRow]:
+    from trainer import synthesis
+
+    base = _load_working(job.source.path, WORK_LONG_SIDE)
+    mask = None
+    if job.kind in synthesis.MASK_KINDS:
+        mask = _cached_mask(job.source.path, base, mask_dir)
+        if mask is None:
+            raise ValueError(f"no person mask for {job.source.path.name}")
+    blurred, record = synthesis.synthesize(base, job.kind, rng, mask=mask)
+    if record.label != job.label:
+        raise ValueError(f"synthesis kind {job.kind} makes {record.label}, not {job.label}")
+    if rng.random() < 0.4:  # pin-sharp overlays on every class, so an overlay never means "sharp"
+        blurred = synthesis.add_overlay(blurred, rng)
+    jpeg, finish_params = synthesis.finish(blurred, rng)
+    synth_rel = Path("synth") / job.split / job.label / (Path(job.out_name).stem + ".jpg")
+    synth_path = out_dir / synth_rel
+    synth_path.parent.mkdir(parents=True, exist_ok=True)
+    synth_path.write_bytes(jpeg)
+    img = open_image(synth_path, spec)  # decoded exactly as the engine decodes a user's JPEG
+    params = {**record.params, **finish_params}
+    return img, replace(row, strength_px=round(record.strength_px, 2), synth_file=str(synth_rel), params=json.dumps(params))
+
+
+def _cached_mask(path: Path, base: np.ndarray, mask_dir: Path | None) -> np.ndarray | None:
+    from trainer.masks import person_mask
+
+    if mask_dir is not None:
+        cached = Path(mask_dir) / (_slug(str(path.parent.name)) + "__" + path.stem + ".png")
+        if cached.exists():
+            with Image.open(cached) as m:
+                m = m.convert("L").resize((base.shape[1], base.shape[0]), Image.Resampling.BILINEAR)
+                arr = np.asarray(m, dtype=np.float32) / 255.0
+            return arr if arr.max() > 0.5 else None
+    return person_mask(base, path)
+
+
+def _make_example_star(args: tuple[Job, Path, InputSpec, Path | None]) -> ManifestRow:
+    return make_example(*args)
+
+
+# --------------------------------------------------------------------------- writing
+def write_dataset(
+    out_dir: Path,
+    jobs: Sequence[Job],
+    spec: InputSpec,
+    workers: int = 2,
+    mask_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> list[ManifestRow]:
+    """Make every job (in parallel processes), write the manifest and dataset.json, return the rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[ManifestRow] = []
+    args = [(j, out_dir, spec, mask_dir) for j in jobs]
+    step = max(1, len(jobs) // 20)
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for i, row in enumerate(pool.map(_make_example_star, args, chunksize=4), 1):
+                rows.append(row)
+                if progress and (i % step == 0 or i == len(jobs)):
+                    progress(f"prepared {i}/{len(jobs)} images")
+    else:
+        for i, a in enumerate(args, 1):
+            rows.append(_make_example_star(a))
+            if progress and (i % step == 0 or i == len(jobs)):
+                progress(f"prepared {i}/{len(jobs)} images")
+    with open(out_dir / MANIFEST, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ManifestRow.__dataclass_fields__))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(asdict(r))
+    info = {"imgsz": spec.size, "resize": spec.resize, "draft_factor": spec.draft_factor, "classes": sorted(PRODUCT_CLASSES)}
+    (out_dir / DATASET_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    for split in {r.split for r in rows}:
+        for c in PRODUCT_CLASSES:  # ultralytics needs every class folder in every split
+            (out_dir / split / c).mkdir(parents=True, exist_ok=True)
+    return rows
+
+
+def read_manifest(dataset_dir: Path) -> list[ManifestRow]:
+    with open(Path(dataset_dir) / MANIFEST, newline="", encoding="utf-8") as fh:
+        return [ManifestRow(**{**r, "strength_px": float(r["strength_px"] or 0)}) for r in csv.DictReader(fh)]
+
+
+def read_dataset_spec(dataset_dir: Path) -> InputSpec:
+    info = json.loads((Path(dataset_dir) / DATASET_INFO).read_text(encoding="utf-8"))
+    return InputSpec(size=int(info["imgsz"]), resize=info["resize"], draft_factor=float(info.get("draft_factor", 2.0)))
+
+
+def count_table(rows: Sequence[ManifestRow]) -> str:
+    """Counts per class and split (originals, synthetic, augmented, failed) as a text table."""
+    splits = sorted({r.split for r in rows}, key=lambda s: ("train", "val", "test").index(s) if s in ("train", "val", "test") else 9)
+    lines = [f"{'class':<27}" + "".join(f"{s:>28}" for s in splits)]
+    lines.append(" " * 27 + "".join(f"{'total (orig/synth/aug/fail)':>28}" for _ in splits))
+    for c in sorted(PRODUCT_CLASSES):
+        cells = []
+        for s in splits:
+            rs = [r for r in rows if r.split == s and r.label == c]
+            ok = [r for r in rs if not r.error]
+            orig = sum(r.kind == "original" for r in ok)
+            aug = sum(r.kind == "augmented" for r in ok)
+            cells.append(f"{len(ok):>8} ({orig}/{len(ok) - orig - aug}/{aug}/{len(rs) - len(ok)})")
+        lines.append(f"{c:<27}" + "".join(f"{cell:>28}" for cell in cells))
+    return "\n".join(lines)
+
+
+def prepare(
+    source: Path, out_dir: Path, options: PrepareOptions | None = None, progress: Progress | None = None
+) -> list[ManifestRow]:
+    """`blurflag-train prepare`: split by group, then synthesise and balance, then write the dataset."""
+    options = options or PrepareOptions()
+    items = discover(source)
+    train, val = split_by_group(items, options.val_fraction, options.seed)
+    ratio = options.val_fraction / max(1e-6, 1 - options.val_fraction)
+    synth = {
+        "train": dict(options.synth),
+        "val": {c: int(round(n * ratio)) for c, n in options.synth.items()},
+    }
+    has_mask = _mask_checker(options.mask_dir) if any(options.synth.values()) else None
+    jobs = plan_jobs({"train": train, "val": val}, synth, ("train",) if options.balance else (), options.seed, has_mask)
+    rows = write_dataset(out_dir, jobs, options.spec, options.workers, options.mask_dir, progress)
+    return rows
+
+
+def _mask_checker(mask_dir: Path | None) -> Callable[[SourceImage], bool]:
+    from trainer import masks
+
+    can_segment = bool(getattr(masks, "segment_available", lambda: False)())
+
+    def check(it: SourceImage) -> bool:
+        if mask_dir is not None and (Path(mask_dir) / (_slug(it.path.parent.name) + "__" + it.path.stem + ".png")).exists():
+            return True
+        return masks.load_shared_mask(it.path) is not None or can_segment
+
+    return check
+

@@ -1,0 +1,168 @@
+"""Fine-tune YOLOv8n-cls on a prepared dataset, offline, on the CPU, with progress and cancel."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.dataset import read_dataset_spec
+from trainer.env import configure_offline, disable_sync
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    epochs: int
+    loss: float | None
+    top1: float | None
+    val_loss: float | None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The original plan's hyperparameters, with blur-destroying augmentations turned off or tamed."""
+
+    epochs: int = 100
+    patience: int = 20
+    batch: int = 16
+    dropout: float = 0.3
+    weight_decay: float = 0.001
+    label_smoothing: float = 0.1  # only where the installed ultralytics still accepts it (removed in 8.4)
+    lr0: float = 0.001
+    lrf: float = 0.01
+    cos_lr: bool = True
+    hsv_h: float = 0.015
+    hsv_s: float = 0.4
+    hsv_v: float = 0.3
+    degrees: float = 5.0  # plan value; ultralytics' classification pipeline does not rotate
+    translate: float = 0.1  # plan value; likewise unused by classification training
+    # RandomResizedCrop area is (1 - scale, 1): the default 0.5 crops half the frame and upscales it,
+    # which softens sharp photos into false blur, so only a 10% crop is allowed.
+    scale: float = 0.1
+    fliplr: float = 0.5  # a mirrored photo has the same blur
+    flipud: float = 0.0  # upside-down race photos do not occur
+    # RandAugment includes sharpness and blur operations that change the very label we predict.
+    auto_augment: str | None = None
+    # Random erasing paints flat rectangles; on small sharp runners it can erase the only sharp evidence.
+    erasing: float = 0.0
+    threads: int = max(1, os.cpu_count() or 1)
+    workers: int = 1  # dataloader processes; decoding 224-px PNGs is cheap
+    seed: int = 0
+
+
+ProgressFn = Callable[[EpochStats], None]
+LogFn = Callable[[str], None]
+
+
+def _scalar(value: Any) -> float | None:
+    """A loss as one float: ultralytics keeps it as a tensor, or in 8.4 as a dict of named tensors."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        parts = [_scalar(v) for v in value.values()]
+        return float(sum(p for p in parts if p is not None)) if parts else None
+    try:
+        return float(value.sum()) if hasattr(value, "sum") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _train_args(cfg: TrainConfig, data: Path, imgsz: int, project: Path, name: str) -> dict[str, Any]:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    args: dict[str, Any] = dict(
+        data=str(data), imgsz=imgsz, epochs=cfg.epochs, patience=cfg.patience, batch=cfg.batch,
+        dropout=cfg.dropout, weight_decay=cfg.weight_decay, lr0=cfg.lr0, lrf=cfg.lrf, cos_lr=cfg.cos_lr,
+        optimizer="AdamW",  # "auto" would ignore lr0
+        hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s, hsv_v=cfg.hsv_v, degrees=cfg.degrees, translate=cfg.translate,
+        scale=cfg.scale, fliplr=cfg.fliplr, flipud=cfg.flipud, auto_augment=cfg.auto_augment, erasing=cfg.erasing,
+        device="cpu", workers=cfg.workers, seed=cfg.seed, deterministic=False, amp=False,
+        plots=False,  # plotting loads Arial.ttf from the web
+        project=str(project), name=name, exist_ok=True, verbose=False, val=True,
+    )
+    if "label_smoothing" in DEFAULT_CFG_DICT:
+        args["label_smoothing"] = cfg.label_smoothing
+    return args
+
+
+def train_model(
+    dataset_dir: Path,
+    work_dir: Path,
+    config: TrainConfig | None = None,
+    weights: Path | None = None,
+    resume: bool = False,
+    on_epoch: ProgressFn | None = None,
+    log: LogFn | None = None,
+    stop_event: threading.Event | None = None,
+) -> Path:
+    """Train and return the path of `best.pt`.
+
+    Args:
+        dataset_dir: a folder written by `prepare` (train/ and val/ ImageFolders plus dataset.json).
+        work_dir: where runs, checkpoints and ultralytics' settings go (never the user's folders).
+        weights: a local `.pt` to fine-tune; None trains from `yolov8n-cls.yaml` (no downloads offline).
+        resume: continue from `work_dir/runs/train/weights/last.pt` if it exists.
+        stop_event: set it to cancel between batches.
+    """
+    config = config or TrainConfig()
+    work_dir = Path(work_dir).resolve()
+    configure_offline(work_dir)
+    import torch
+    from ultralytics import YOLO
+
+    disable_sync()
+    spec = read_dataset_spec(dataset_dir)
+    project, name = work_dir / "runs", "train"
+    last = project / name / "weights" / "last.pt"
+    say = log or (lambda _m: None)
+    if resume and last.exists():
+        say(f"resuming from {last}")
+        model = YOLO(str(last))
+    elif weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights file not found: {weights}")
+        say(f"fine-tuning {weights}")
+        model = YOLO(str(weights))
+    else:
+        say("no pretrained weights given: training from yolov8n-cls.yaml")
+        model = YOLO("yolov8n-cls.yaml")
+
+    def on_train_start(trainer: Any) -> None:
+        torch.set_num_threads(config.threads)  # ultralytics pins CPU training to cpu_count - 1
+
+    def on_batch_end(trainer: Any) -> None:
+        if stop_event is not None and stop_event.is_set():
+            trainer.stop = True
+
+    def on_fit_epoch_end(trainer: Any) -> None:
+        metrics = dict(getattr(trainer, "metrics", {}) or {})
+        loss = _scalar(getattr(trainer, "tloss", None))
+        top1 = metrics.get("metrics/accuracy_top1")
+        val_loss = metrics.get("val/loss")
+        epoch = int(trainer.epoch) + 1
+        if on_epoch and epoch <= int(trainer.epochs):  # the final re-validation of best.pt fires once more
+            on_epoch(EpochStats(epoch, int(trainer.epochs), loss,
+                                float(top1) if top1 is not None else None,
+                                float(val_loss) if val_loss is not None else None))
+        if stop_event is not None and stop_event.is_set():
+            trainer.stop = True
+
+    model.add_callback("on_train_start", on_train_start)
+    model.add_callback("on_train_batch_end", on_batch_end)
+    model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
+    if resume and last.exists():
+        model.train(resume=True)
+    else:
+        model.train(**_train_args(config, Path(dataset_dir).resolve(), spec.size, project, name))
+    if stop_event is not None and stop_event.is_set():
+        raise InterruptedError("training cancelled")
+    best = project / name / "weights" / "best.pt"
+    if not best.exists():
+        best = last
+    if not best.exists():
+        raise RuntimeError(f"training produced no checkpoint in {project / name / 'weights'}")
+    return best
