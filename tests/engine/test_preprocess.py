@@ -1,0 +1,141 @@
+"""Image input: formats, orientation, modes, limits and bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import UnreadableImageError, load_classifier
+from engine.preprocess import InputSpec, load_model_input, open_image, preprocess
+from tests.toydata import scene
+
+SPEC = InputSpec(size=64, resize="stretch")
+
+
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png"), ("TIFF", ".tif"), ("WEBP", ".webp"), ("BMP", ".bmp")])
+def test_every_supported_format_decodes(tmp_path: Path, fmt: str, suffix: str) -> None:
+    p = tmp_path / f"img{suffix}"
+    scene(2, (160, 100)).save(p, format=fmt)
+    img = open_image(p, SPEC)
+    assert img.mode == "RGB"
+    x = load_model_input(p, SPEC)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16", "I", "F", "1"])
+def test_modes_become_rgb(tmp_path: Path, mode: str) -> None:
+    base = scene(5, (120, 80))
+    if mode == "I;16":
+        arr = np.asarray(base.convert("L"), dtype=np.uint16) * 257
+        img = Image.fromarray(arr).convert("I;16") if Image.fromarray(arr).mode != "I;16" else Image.fromarray(arr)
+    elif mode == "F":
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255.0)
+    else:
+        img = base.convert(mode)
+    p = tmp_path / ("x.tif" if mode in ("I;16", "I", "F", "CMYK") else "x.png")
+    img.save(p)
+    out = open_image(p)
+    assert out.mode == "RGB" and out.size == (120, 80)
+    if mode in ("L", "I;16", "I", "F"):
+        grey = np.asarray(base.convert("L"), dtype=np.int16)
+        assert np.abs(np.asarray(out, dtype=np.int16)[..., 0] - grey).max() <= 1  # 16-bit scaled, not clipped
+
+
+def test_alpha_is_composited_not_dropped(tmp_path: Path) -> None:
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    p = tmp_path / "a.png"
+    rgba.save(p)
+    assert open_image(p).getpixel((5, 5)) == (128, 128, 128)
+
+
+def test_palette_with_transparency(tmp_path: Path) -> None:
+    img = scene(1, (40, 30)).convert("P")
+    img.info["transparency"] = 0
+    p = tmp_path / "p.png"
+    img.save(p, transparency=0)
+    assert open_image(p).mode == "RGB"
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (200, 100), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 100, 100))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    p = tmp_path / "o.jpg"
+    img.save(p, exif=exif.tobytes(), quality=95)
+    out = open_image(p)
+    assert out.size == (100, 200)
+    assert out.getpixel((50, 20))[0] > 200 and out.getpixel((50, 180))[0] < 50  # white on top after rotation
+
+
+def test_reduced_jpeg_decode_keeps_enough_pixels(tmp_path: Path) -> None:
+    p = tmp_path / "big.jpg"
+    scene(4, (2400, 1600)).save(p, quality=90)
+    spec = InputSpec(size=224, resize="stretch", draft_factor=2.0)
+    img = open_image(p, spec)
+    assert min(img.size) >= 448 and img.size[0] < 2400  # decoded at a DCT scale, never below 2x the input
+    full = open_image(p, InputSpec(size=224, resize="stretch", draft_factor=0))
+    assert full.size == (2400, 1600)
+
+
+def test_reduced_decode_changes_probabilities_by_less_than_002(tmp_path: Path) -> None:
+    clf = load_classifier()
+    full_spec = InputSpec(size=clf.spec.size, resize=clf.spec.resize, draft_factor=0)
+    worst = 0.0
+    for i in range(4):
+        p = tmp_path / f"d{i}.jpg"
+        scene(10 + i, (2000, 1336)).save(p, quality=92)
+        a = clf.predict(load_model_input(p, clf.spec)[None])[0]
+        b = clf.predict(load_model_input(p, full_spec)[None])[0]
+        worst = max(worst, float(np.abs(a - b).max()))
+    assert worst <= 0.02
+
+
+def _truncated(tmp_path: Path) -> Path:
+    buf = io.BytesIO()
+    scene(1, (400, 300)).save(buf, format="JPEG", quality=90)
+    p = tmp_path / "trunc.jpg"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return p
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda d: d / "missing.jpg", "not found"),
+        (lambda d: (d / "zero.jpg").write_bytes(b"") and d / "zero.jpg" or d / "zero.jpg", "empty"),
+        (lambda d: (d / "text.jpg").write_text("not an image") and d / "text.jpg", "not an image"),
+        (_truncated, "truncated"),
+        (lambda d: d, "folder"),
+    ],
+)
+def test_bad_files_raise_readable_errors(tmp_path: Path, make, needle: str) -> None:
+    p = make(tmp_path)
+    with pytest.raises(UnreadableImageError, match=needle):
+        open_image(p, SPEC)
+
+
+def test_unsupported_format_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "x.gif"
+    scene(1, (40, 30)).save(p, format="GIF")
+    with pytest.raises(UnreadableImageError, match="unsupported format GIF"):
+        open_image(p, SPEC)
+
+
+def test_decompression_bomb_limit(tmp_path: Path) -> None:
+    p = tmp_path / "big.png"
+    Image.new("L", (3000, 3000)).save(p)
+    with pytest.raises(UnreadableImageError, match="too large"):
+        open_image(p, InputSpec(size=64, max_pixels=1_000_000))
+
+
+def test_center_crop_mode_matches_ultralytics_geometry() -> None:
+    img = scene(3, (300, 200))
+    x = preprocess(img, InputSpec(size=100, resize="center_crop"))
+    assert x.shape == (3, 100, 100)
+    ref = np.asarray(img.resize((150, 100), Image.Resampling.BILINEAR).crop((25, 0, 125, 100)), dtype=np.float32) / 255
+    assert np.abs(x.transpose(1, 2, 0) - ref).max() < 1e-6

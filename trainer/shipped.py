@@ -1,0 +1,149 @@
+"""Rebuild the bundled model's dataset from `../shared/data` (see models/MODEL_CARD.md for the recipe).
+
+Split by the `group` column of index.csv: whole races are held out for the test split, so no burst or
+race straddles training and testing. The three real triplets are never used here; they are checked by
+`evaluate` on their own. Every example, the sharp ones included, is made by the same chain: load at the
+synthesis size, (blur,) maybe a pin-sharp overlay, sensor noise, JPEG, then the engine's decoding.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.model import SHARP
+from engine.preprocess import InputSpec
+from trainer.dataset import Job, ManifestRow, Progress, SourceImage, _slug, write_dataset
+
+#: Whole races held out of training and model selection (test), and races used for model selection (val).
+TEST_GROUPS = frozenset(
+    {"race05/runnerbar", "race08/runnerbar", "race10/runnerbar", "race_allardhoeve", "cuhk_samples_xinario"}
+)
+VAL_GROUPS = frozenset({"race03/pailixiang", "race04/runnerbar"})
+MIN_LONG_SIDE = 400  # smaller person photos would carry too little detail to blur meaningfully
+MASK_KINDS = frozenset({"subject_motion", "subject_defocus", "bokeh", "panning"})
+
+#: Examples per class in the training split, by kind (validation gets a quarter, test a fixed count).
+TRAIN_MIX: dict[str, dict[str, int]] = {
+    SHARP: {"clean": 400, "bokeh": 70, "panning": 70, "high_iso": 60},
+    "defocused_blurred": {"defocus": 600},
+    "motion_blurred": {"shake": 240, "linear_motion": 200, "subject_motion": 160},
+    "defocused_object_portrait": {"subject_defocus": 600},
+}
+TEST_PER_KIND = 30
+
+
+@dataclass(frozen=True)
+class ShippedPlan:
+    splits: dict[str, list[SourceImage]]
+    mix: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+
+
+def read_index(shared_dir: Path) -> list[tuple[SourceImage, str, int]]:
+    """(source, set, long side) for every usable sharp photo in index.csv."""
+    out = []
+    with open(Path(shared_dir) / "index.csv", newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["set"] in ("kwentar_triplets",):
+                continue  # the real triplets are for checking, never for training or selection
+            long_side = max(int(r["width"] or 0), int(r["height"] or 0))
+            if long_side < MIN_LONG_SIDE:
+                continue
+            group = r["group"]
+            if r["set"] == "person_masks":
+                group = f"person:{Path(r['file']).stem}"  # independent web photos, not bursts
+            out.append((SourceImage(Path(shared_dir) / r["file"], SHARP, group), r["set"], long_side))
+    return out
+
+
+def split_sources(shared_dir: Path, seed: int = 0) -> dict[str, list[SourceImage]]:
+    """train / val / test lists of sharp originals, split by group."""
+    rows = read_index(shared_dir)
+    splits: dict[str, list[SourceImage]] = {"train": [], "val": [], "test": []}
+    rng = random.Random(seed)
+    other_groups = sorted({s.group for s, _, _ in rows if s.group not in TEST_GROUPS | VAL_GROUPS})
+    rng.shuffle(other_groups)
+    # Non-race groups (Kwentar scenes, person photos, bokeh samples): 70 / 15 / 15 by group.
+    non_race = [g for g in other_groups if not g.startswith(("race", "bibnumber"))]
+    n = len(non_race)
+    test_other = set(non_race[: int(0.15 * n)])
+    val_other = set(non_race[int(0.15 * n) : int(0.30 * n)])
+    for s, _set, _ in rows:
+        if s.group in TEST_GROUPS or s.group in test_other:
+            splits["test"].append(s)
+        elif s.group in VAL_GROUPS or s.group in val_other:
+            splits["val"].append(s)
+        else:
+            splits["train"].append(s)
+    return splits
+
+
+def plan_shipped_jobs(
+    splits: Mapping[str, list[SourceImage]],
+    has_mask: Callable[[SourceImage], bool],
+    seed: int = 0,
+    scale: float = 1.0,
+) -> list[Job]:
+    """Jobs for every split: train per TRAIN_MIX (times `scale`), val a quarter of it, test TEST_PER_KIND per kind."""
+    rng = random.Random(seed)
+    jobs: list[Job] = []
+    for split, items in splits.items():
+        masked = [s for s in items if has_mask(s)]
+        for label, kinds in TRAIN_MIX.items():
+            for kind, count in kinds.items():
+                if split == "train":
+                    n = int(round(count * scale))
+                elif split == "val":
+                    n = int(round(count * scale / 4))
+                else:
+                    n = len(items) if kind == "clean" else TEST_PER_KIND
+                pool = masked if kind in MASK_KINDS else items
+                if not pool:
+                    continue
+                if kind == "clean" and split != "train":
+                    picks = list(pool)  # every held-out sharp photo once
+                else:
+                    order = list(pool)
+                    rng.shuffle(order)
+                    picks = [order[i % len(order)] for i in range(n)]
+                for src in picks:
+                    jobs.append(Job(split, label, src, kind, rng.randrange(2**31)))
+    return [
+        Job(j.split, j.label, j.source, j.kind, j.seed, f"{k:06d}_{_slug(j.source.path.stem)}_{j.kind}.png")
+        for k, j in enumerate(jobs)
+    ]
+
+
+def build_shipped_dataset(
+    shared_dir: Path,
+    out_dir: Path,
+    spec: InputSpec,
+    mask_dir: Path | None = None,
+    seed: int = 0,
+    scale: float = 1.0,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> list[ManifestRow]:
+    """Write the shipped model's train/val/test dataset into `out_dir` (a work folder)."""
+    from trainer import masks
+
+    splits = split_sources(shared_dir, seed)
+
+    def has_mask(s: SourceImage) -> bool:
+        if mask_dir is not None and (Path(mask_dir) / (_slug(s.path.parent.name) + "__" + s.path.stem + ".png")).exists():
+            return True
+        return masks.load_shared_mask(s.path) is not None
+
+    jobs = plan_shipped_jobs(splits, has_mask, seed, scale)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for j in jobs:
+        counts[(j.split, j.kind)] += 1
+    if progress:
+        for split in ("train", "val", "test"):
+            progress(f"{split}: {len(splits[split])} sharp originals; jobs " +
+                     ", ".join(f"{k}={n}" for (s, k), n in sorted(counts.items()) if s == split))
+    return write_dataset(out_dir, jobs, spec, workers, mask_dir, progress)
