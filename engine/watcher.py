@@ -70,9 +70,12 @@ class WatchEvent:
 class _Msg:
     """What the watchdog handler forwards to the settle thread."""
 
-    kind: Literal["touch", "moved", "deleted", "dir_moved", "dir_deleted", "dir_created", "resume", "stop"]
+    kind: Literal[
+        "touch", "moved", "deleted", "dir_moved", "dir_deleted", "dir_created", "rescan", "resume", "stop"
+    ]
     path: str = ""
     dest: str = ""
+    ticket: int = 0
 
 
 @dataclass
@@ -263,7 +266,8 @@ class FolderWatcher:
         self._held: list[WatchEvent] = []  # emitted while paused
         self._paused = threading.Event()
         self._cond = threading.Condition()
-        self._rescans = 0
+        self._tickets = 0  # wait_idle requests
+        self._served = 0  # the last request answered by a full pass (rescan, settle, delivery)
         self._observers: list[BaseObserver] = []
         self._native_roots: tuple[str, ...] = ()
         self._polled_roots: tuple[str, ...] = ()
@@ -375,18 +379,21 @@ class FolderWatcher:
             self._cond.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until a full rescan has run after this call and nothing is left settling (for tests and shutdown).
+        """Block until a rescan has run after this call and nothing is left settling or undelivered.
+
+        Meant for tests and orderly shutdown; for polled folders it cannot tell whether the polling
+        observer has looked yet.
 
         Returns:
             True when idle, False on timeout or when the watcher is not running.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
-            # A rescan running now may have listed the folder before the call: wait for the one after it.
-            target = self._rescans + 2
-            self._queue.put(_Msg("touch"))  # wake the loop; an empty path is ignored
+            self._tickets += 1
+            ticket = self._tickets
+            self._queue.put(_Msg("rescan", ticket=ticket))
             while self._running:
-                if self._rescans >= target and not self._pending and self._queue.empty():
+                if self._served >= ticket and not self._pending and self._queue.empty():
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -494,20 +501,19 @@ class FolderWatcher:
             if self._pending:
                 wait = min(wait, min(p.next_check for p in self._pending.values()) - now)
             msgs = self._drain(max(0.0, wait))
+            requested = max((m.ticket for m in msgs if m.kind == "rescan"), default=0)
             with self._lock:
                 for msg in msgs:
                     if msg.kind == "stop":
                         return
                     self._handle(msg)
                 now = time.monotonic()
-                if now >= next_rescan:
+                if now >= next_rescan or requested:
                     roots = self._roots if first else self._native_roots
                     for root in roots:
                         self._rescan(root)
                     first = False
                     next_rescan = time.monotonic() + self._poll_interval
-                    with self._cond:
-                        self._rescans += 1
                 self._check_pending(time.monotonic())
             # Deliver outside the lock, so that on_event may call scan_existing (or stop).
             outbox, self._outbox = self._outbox, []
@@ -523,6 +529,7 @@ class FolderWatcher:
                     else:
                         self._deliver(ev)
             with self._cond:
+                self._served = max(self._served, requested)
                 self._cond.notify_all()
 
     def _drain(self, wait: float) -> list[_Msg]:
