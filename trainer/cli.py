@@ -160,6 +160,7 @@ def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> 
     from trainer.export import export_onnx
     from trainer.train import EpochStats, train_model
 
+    started = time.monotonic()
     work = args.work.resolve()
     dataset = work / "dataset"
     source = args.source
@@ -186,7 +187,7 @@ def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> 
     rep.emit("metrics", names=ev.names, recall={k: v.value for k, v in ev.recall.items()}, precision=ev.precision,
              sharp_false_positive_rate=ev.sharp_false_positive_rate.value, accuracy=ev.accuracy,
              confusion=ev.confusion, count=ev.count)
-    rep.emit("done", model_dir=str(Path(args.model_out).resolve()))
+    rep.emit("done", model_dir=str(Path(args.model_out).resolve()), seconds=round(time.monotonic() - started))
     return 0
 
 
@@ -278,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stop.is_set():
         rep.emit("error", message="cancelled")
         return 130
-    rep.log(f"finished in {time.monotonic() - start:.0f} s")
+    if args.command != "run":  # for `run`, "done" stays the last event
+        rep.log(f"finished in {time.monotonic() - start:.0f} s")
     return code
 
 
