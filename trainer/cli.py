@@ -92,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--count", type=int, default=10, help="images per kind")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--contact-sheet", action="store_true")
+    sp.add_argument("--mask-dir", type=Path, help="cached person masks for the subject/background kinds")
+
+    sp = sub.add_parser("shipped", help="rebuild the bundled model from ../shared/data (see models/MODEL_CARD.md)")
+    sp.add_argument("--shared", type=Path, required=True, help="the shared data folder (index.csv)")
+    sp.add_argument("--work", type=Path, required=True)
+    sp.add_argument("--model-out", type=Path, required=True)
+    sp.add_argument("--mask-dir", type=Path, help="cached person masks (trainer/masks.py)")
+    sp.add_argument("--imgsz", type=int, default=224)
+    sp.add_argument("--scale", type=float, default=1.0, help="dataset size factor (1.0 = the shipped recipe)")
+    sp.add_argument("--hours", type=float, default=1.2, help="training time budget; epochs adapt to it")
+    sp.add_argument("--epochs", type=int, default=60)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--workers", type=int, default=2)
+    sp.add_argument("--resume", action="store_true", help="reuse the prepared dataset and resume training")
 
     sp = sub.add_parser("train", help="fine-tune YOLOv8n-cls on a prepared dataset")
     sp.add_argument("dataset", type=Path)
@@ -226,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             code = _cmd_run(args, rep, stop)
+        elif args.command == "shipped":
+            from trainer.shipped import rebuild_shipped_model
+
+            code = rebuild_shipped_model(args, rep, stop)
         elif args.command == "prepare":
             from trainer.dataset import count_table, prepare
 
@@ -238,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "synthesize":
             from trainer.synthesize_cmd import synthesize_folder
 
-            n = synthesize_folder(args.source, args.out, args.kind, args.count, args.seed, args.contact_sheet, rep.log)
+            n = synthesize_folder(args.source, args.out, args.kind, args.count, args.seed, args.contact_sheet, rep.log,
+                                  args.mask_dir)
             rep.log(f"wrote {n} images to {args.out}")
             code = 0
         elif args.command == "train":

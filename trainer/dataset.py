@@ -321,14 +321,7 @@ def _synthesise(
 def _cached_mask(path: Path, base: np.ndarray, mask_dir: Path | None) -> np.ndarray | None:
     from trainer.masks import person_mask
 
-    if mask_dir is not None:
-        cached = Path(mask_dir) / (_slug(str(path.parent.name)) + "__" + path.stem + ".png")
-        if cached.exists():
-            with Image.open(cached) as m:
-                m = m.convert("L").resize((base.shape[1], base.shape[0]), Image.Resampling.BILINEAR)
-                arr = np.asarray(m, dtype=np.float32) / 255.0
-            return arr if arr.max() > 0.5 else None
-    return person_mask(base, path)
+    return person_mask(base, path, mask_dir)
 
 
 def _make_example_star(args: tuple[Job, Path, InputSpec, Path | None]) -> ManifestRow:
@@ -422,10 +415,10 @@ def prepare(
 def _mask_checker(mask_dir: Path | None) -> Callable[[SourceImage], bool]:
     from trainer import masks
 
-    can_segment = bool(getattr(masks, "segment_available", lambda: False)())
+    can_segment = masks.segmentation_available()
 
     def check(it: SourceImage) -> bool:
-        if mask_dir is not None and (Path(mask_dir) / (_slug(it.path.parent.name) + "__" + it.path.stem + ".png")).exists():
+        if mask_dir is not None and masks.cached_mask_path(it.path, mask_dir).is_file():
             return True
         return masks.load_shared_mask(it.path) is not None or can_segment
 

@@ -119,7 +119,7 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample]) -> EvalR
             b = strength_hits[s.kind][_strength_bin(s.kind, s.strength_px)]
             b[0] += right
             b[1] += 1
-        predictions.append({"path": str(s.path), "label": s.label, "kind": s.kind, "strength_px": s.strength_px,
+        predictions.append({"path": str(s.path), "label": s.label, "kind": s.kind, "strength_px": s.strength_px, "group": s.group,
                             "top_class": r.top_class, "probabilities": r.probabilities})
     total = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(names)))

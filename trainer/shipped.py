@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.model import SHARP
 from engine.preprocess import InputSpec
 from trainer.dataset import Job, ManifestRow, Progress, SourceImage, _slug, write_dataset
+from trainer.evaluate import Sample
 
 #: Whole races held out of training and model selection (test), and races used for model selection (val).
 TEST_GROUPS = frozenset(
@@ -134,7 +139,7 @@ def build_shipped_dataset(
     splits = split_sources(shared_dir, seed)
 
     def has_mask(s: SourceImage) -> bool:
-        if mask_dir is not None and (Path(mask_dir) / (_slug(s.path.parent.name) + "__" + s.path.stem + ".png")).exists():
+        if mask_dir is not None and masks.cached_mask_path(s.path, mask_dir).is_file():
             return True
         return masks.load_shared_mask(s.path) is not None
 
@@ -147,3 +152,68 @@ def build_shipped_dataset(
             progress(f"{split}: {len(splits[split])} sharp originals; jobs " +
                      ", ".join(f"{k}={n}" for (s, k), n in sorted(counts.items()) if s == split))
     return write_dataset(out_dir, jobs, spec, workers, mask_dir, progress)
+
+
+TRIPLET_LABELS = {"S": SHARP, "F": "defocused_blurred", "M": "motion_blurred"}
+
+
+def triplet_samples(shared_dir: Path) -> list[Sample]:
+    """The nine real photos of the three Kwentar triplets, labelled by their name suffix."""
+    out = []
+    for p in sorted((Path(shared_dir) / "kwentar" / "real_triplets").glob("*.jpg")):
+        out.append(Sample(p, TRIPLET_LABELS[p.stem.rsplit("_", 1)[1]], "real_triplet"))
+    return out
+
+
+def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
+    """`blurflag-train shipped`: dataset from shared data, train (time-boxed, resumable), export, evaluate."""
+    from trainer.dataset import count_table, read_manifest
+    from trainer.evaluate import evaluate, evaluate_samples, format_report, write_report
+    from trainer.export import export_onnx
+    from trainer.train import EpochStats, TrainConfig, train_model
+
+    t0 = time.monotonic()
+    work = Path(args.work).resolve()
+    dataset = work / "dataset"
+    spec = InputSpec(size=args.imgsz, resize="stretch")
+    if args.resume and (dataset / "manifest.csv").exists():
+        rows = read_manifest(dataset)
+        rep.log("reusing the prepared dataset")
+    else:
+        if dataset.exists():
+            shutil.rmtree(dataset)
+        rep.emit("step", step="prepare", index=1, total=4)
+        rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log)
+    rep.log(count_table(rows))
+    failed = [r for r in rows if r.error]
+    if failed:
+        rep.log(f"{len(failed)} examples failed, e.g. {failed[0].source}: {failed[0].error}")
+    rep.log(f"dataset ready after {time.monotonic() - t0:.0f} s")
+    if stop.is_set():
+        return 130
+    kw: dict[str, Any] = {"epochs": args.epochs, "patience": max(10, args.epochs // 3), "time_hours": args.hours}
+    if args.threads:
+        kw["threads"] = args.threads
+
+    def on_epoch(s: EpochStats) -> None:
+        rep.emit("epoch", epoch=s.epoch, epochs=s.epochs, loss=s.loss, top1=s.top1, val_loss=s.val_loss)
+
+    rep.emit("step", step="train", index=2, total=4)
+    best = train_model(dataset, work, TrainConfig(**kw), None, args.resume, on_epoch, rep.log, stop)
+    rep.log(f"trained after {time.monotonic() - t0:.0f} s")
+    rep.emit("step", step="export", index=3, total=4)
+    val_images = [dataset / r.synth_file for r in rows if r.split == "val" and r.synth_file and not r.error]
+    report = export_onnx(best, args.model_out, spec, val_images[:: max(1, len(val_images) // 16)][:16])
+    rep.log(f"exported {report.model_dir}; parity max |dp| = {report.max_abs_diff:.2e} on {report.images_checked} images")
+    rep.emit("step", step="evaluate", index=4, total=4)
+    for split in ("val", "test"):
+        ev = evaluate(args.model_out, dataset, split)
+        write_report(ev, work / f"evaluation_{split}.json")
+        rep.log(f"\n=== {split} split ===\n{format_report(ev)}")
+    ev = evaluate_samples(args.model_out, triplet_samples(args.shared))
+    write_report(ev, work / "evaluation_triplets.json")
+    rep.log(f"\n=== real triplets (never trained on) ===\n{format_report(ev)}")
+    for p in ev.predictions:
+        rep.log(f"  {Path(p['path']).name}: {p['top_class']} (label {p['label']})")
+    rep.log(f"total wall time {time.monotonic() - t0:.0f} s")
+    return 0

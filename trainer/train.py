@@ -52,6 +52,7 @@ class TrainConfig:
     threads: int = max(1, os.cpu_count() or 1)
     workers: int = 1  # dataloader processes; decoding 224-px PNGs is cheap
     seed: int = 0
+    time_hours: float | None = None  # a wall-time budget: ultralytics then fits the epochs (and cosine LR) to it
 
 
 ProgressFn = Callable[[EpochStats], None]
@@ -84,6 +85,8 @@ def _train_args(cfg: TrainConfig, data: Path, imgsz: int, project: Path, name: s
         plots=False,  # plotting loads Arial.ttf from the web
         project=str(project), name=name, exist_ok=True, verbose=False, val=True,
     )
+    if cfg.time_hours:
+        args["time"] = cfg.time_hours
     if "label_smoothing" in DEFAULT_CFG_DICT:
         args["label_smoothing"] = cfg.label_smoothing
     return args

@@ -1,0 +1,271 @@
+"""Person masks for subject/background blur synthesis: shared masks, cached masks, offline segmentation.
+
+Segmentation uses MediaPipe 0.10.14's legacy solutions, whose models ship inside the wheel (nothing is
+downloaded): pose segmentation (one person, the most prominent) first, then selfie segmentation (all
+people; the largest connected component is kept). MediaPipe 0.10.14 needs protobuf<5, which conflicts
+with onnx (protobuf>=6) in the training environment, so it lives in a separate virtual environment and
+this module runs there as a script to cache masks as PNG:
+
+    python3 -m venv /tmp/mpvenv
+    /tmp/mpvenv/bin/pip install --no-deps mediapipe==0.10.14
+    /tmp/mpvenv/bin/pip install "protobuf>=4.25.3,<5" absl-py attrs flatbuffers matplotlib \
+        numpy opencv-python-headless pillow
+    /tmp/mpvenv/bin/python trainer/masks.py --out WORK/masks IMAGE...
+
+The training process then reads the cache through `person_mask(..., mask_dir=WORK/masks)`. Without
+MediaPipe, `segment_person` returns None and only shared or cached masks are used. This module imports
+only numpy, OpenCV and Pillow (no other trainer module), so it runs as a plain script in that venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "MaskResult",
+    "cached_mask_path",
+    "largest_component",
+    "load_cached_mask",
+    "load_shared_mask",
+    "main",
+    "person_mask",
+    "precompute_masks",
+    "segment_person",
+    "segmentation_available",
+]
+
+log = logging.getLogger(__name__)
+
+#: Segmentation runs at most at this long side (the MediaPipe models work at 256 px anyway).
+SEGMENT_LONG_SIDE = 1024
+#: A component smaller than this fraction of the frame is not a runner worth blurring.
+MIN_PERSON_FRACTION = 0.005
+
+_mp_lock = threading.Lock()
+_mp_state: dict[str, Any] = {}
+
+
+def load_shared_mask(image_path: Path) -> np.ndarray | None:
+    """The shared data set's mask for `image_path` (``.../images/X.jpg`` -> ``.../masks/X.png``), 0..1."""
+    p = Path(image_path)
+    if p.parent.name != "images":
+        return None
+    mask_path = p.parent.parent / "masks" / f"{p.stem}.png"
+    if not mask_path.is_file():
+        return None
+    return _read_mask_png(mask_path)
+
+
+def _read_mask_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("L"), dtype=np.float32)
+    return arr / 255.0
+
+
+def cached_mask_path(image_path: Path, mask_dir: Path) -> Path:
+    """Where `precompute_masks` caches the mask of `image_path` (stable across machines)."""
+    p = Path(image_path)
+    key = "/".join(p.parts[-3:])  # e.g. race02/runff/X.jpg: unique for the shared layout
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:10]
+    return Path(mask_dir) / f"{p.stem}-{digest}.png"
+
+
+def load_cached_mask(image_path: Path, mask_dir: Path) -> np.ndarray | None:
+    """The cached mask of `image_path` in `mask_dir`, or None when there is none."""
+    path = cached_mask_path(image_path, mask_dir)
+    return _read_mask_png(path) if path.is_file() else None
+
+
+def segmentation_available() -> bool:
+    """Whether MediaPipe's bundled person segmentation can be used in this environment."""
+    return _mediapipe() is not None
+
+
+def _mediapipe() -> dict[str, Any] | None:
+    """Lazily create the MediaPipe solutions once; None (and one warning) when unusable."""
+    with _mp_lock:
+        if "ok" in _mp_state:
+            return _mp_state if _mp_state["ok"] else None
+        try:
+            from mediapipe.python.solutions import pose as mp_pose
+            from mediapipe.python.solutions import selfie_segmentation as mp_selfie
+        except ImportError as exc:
+            log.info("MediaPipe not importable (%s): person segmentation unavailable", exc)
+            _mp_state["ok"] = False
+            return None
+        try:
+            # model_complexity=1 uses pose_landmark_full.tflite, which the wheel bundles (2 downloads).
+            _mp_state["pose"] = mp_pose.Pose(static_image_mode=True, model_complexity=1,
+                                             enable_segmentation=True)
+            _mp_state["selfie"] = mp_selfie.SelfieSegmentation(model_selection=0)
+        except Exception as exc:  # e.g. protobuf>=5 breaks 0.10.14's graph setup (AttributeError)
+            log.warning("MediaPipe is installed but unusable here (%s: %s); person segmentation "
+                        "unavailable (run trainer/masks.py in its own venv)", type(exc).__name__, exc)
+            _mp_state["ok"] = False
+            return None
+        _mp_state["ok"] = True
+        return _mp_state
+
+
+def segment_person(image: np.ndarray) -> np.ndarray | None:
+    """Offline person mask (float32 0..1, HxW) of the most prominent person, or None.
+
+    None when MediaPipe is unavailable or nobody is found.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image must be HxWx3 uint8 RGB, got {img.shape} {img.dtype}")
+    mp = _mediapipe()
+    if mp is None:
+        return None
+    h, w = img.shape[:2]
+    small = img
+    if max(h, w) > SEGMENT_LONG_SIDE:
+        f = SEGMENT_LONG_SIDE / max(h, w)
+        small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    small = np.ascontiguousarray(small)
+    with _mp_lock:  # the solution graphs are not re-entrant
+        pose_res = mp["pose"].process(small)
+        mask = getattr(pose_res, "segmentation_mask", None)
+        if mask is None or float((np.asarray(mask) > 0.5).mean()) < MIN_PERSON_FRACTION:
+            mask = getattr(mp["selfie"].process(small), "segmentation_mask", None)
+    if mask is None:
+        return None
+    m = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
+    if m.shape != (h, w):
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    return largest_component(m)
+
+
+def largest_component(mask: np.ndarray, threshold: float = 0.5) -> np.ndarray | None:
+    """Keep only the largest connected person region of a (soft) mask, with its soft edge; None if tiny."""
+    m = np.asarray(mask, dtype=np.float32)
+    if m.size and float(m.max()) > 1.0 + 1e-6:
+        m = m / 255.0
+    binary = (m >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count <= 1:
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    best = 1 + int(np.argmax(areas))
+    if areas[best - 1] < MIN_PERSON_FRACTION * m.size:
+        return None
+    keep = (labels == best).astype(np.uint8)
+    r = max(2, int(round(max(m.shape) * 0.006)))  # room for the soft edge around the component
+    near = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    # other components' pixels inside the ring are dropped, soft edge values of this one kept
+    other = (binary > 0) & (keep == 0)
+    out = np.where((near > 0) & ~other, m, 0.0).astype(np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def person_mask(
+    image: np.ndarray, image_path: Path | None, mask_dir: Path | None = None
+) -> np.ndarray | None:
+    """The runner's mask at the image's size: shared mask, else cached mask, else segmentation.
+
+    Only the largest connected person region is kept (the nearest runner in a race photo).
+
+    Args:
+        image: HxWx3 uint8 RGB.
+        image_path: where the image came from (looks up shared and cached masks), or None.
+        mask_dir: a cache written by `precompute_masks`, or None.
+    """
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    mask: np.ndarray | None = None
+    if image_path is not None:
+        mask = load_shared_mask(Path(image_path))
+        if mask is None and mask_dir is not None:
+            mask = load_cached_mask(Path(image_path), Path(mask_dir))
+    if mask is None:
+        return segment_person(img)
+    if mask.shape != (h, w):
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+    return largest_component(mask)
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """The outcome of caching one image's mask."""
+
+    image_path: Path
+    mask_path: Path | None  # None when no person was found or the image failed
+    error: str = ""
+
+
+def precompute_masks(
+    image_paths: Iterable[Path], out_dir: Path, overwrite: bool = False
+) -> list[MaskResult]:
+    """Segment each image and cache its person mask as an 8-bit PNG in `out_dir` (a work folder).
+
+    A bad image or an image without a person is reported in its result; the rest go on.
+
+    Raises:
+        RuntimeError: when person segmentation is unavailable in this environment.
+    """
+    if not segmentation_available():
+        raise RuntimeError(
+            "person segmentation is unavailable: run this in a venv with mediapipe==0.10.14 and "
+            "protobuf<5 (see trainer/masks.py's docstring)"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[MaskResult] = []
+    for raw in image_paths:
+        path = Path(raw)
+        target = cached_mask_path(path, out)
+        if target.is_file() and not overwrite:
+            results.append(MaskResult(path, target))
+            continue
+        try:
+            with Image.open(path) as im:
+                rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            results.append(MaskResult(path, None, f"unreadable image: {exc}"))
+            continue
+        mask = segment_person(rgb)
+        if mask is None:
+            results.append(MaskResult(path, None, "no person found"))
+            continue
+        tmp = target.with_suffix(".tmp.png")
+        Image.fromarray(np.clip(mask * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").save(tmp)
+        tmp.replace(target)
+        results.append(MaskResult(path, target))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: cache person masks for the given images (run where MediaPipe works)."""
+    parser = argparse.ArgumentParser(description="Cache person masks (PNG) for blur synthesis.")
+    parser.add_argument("images", nargs="+", type=Path, help="image files")
+    parser.add_argument("--out", required=True, type=Path, help="mask cache folder (a work folder)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute masks already cached")
+    args = parser.parse_args(argv)
+    try:
+        results = precompute_masks(args.images, args.out, overwrite=args.overwrite)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    done = sum(r.mask_path is not None for r in results)
+    for r in results:
+        if r.mask_path is None:
+            print(f"{r.image_path}: {r.error}", file=sys.stderr)
+    print(f"{done}/{len(results)} masks in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
