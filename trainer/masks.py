@@ -107,12 +107,18 @@ def _mediapipe() -> dict[str, Any] | None:
             return None
         try:
             # model_complexity=1 uses pose_landmark_full.tflite, which the wheel bundles (2 downloads).
-            _mp_state["pose"] = mp_pose.Pose(static_image_mode=True, model_complexity=1,
-                                             enable_segmentation=True)
+            _mp_state["pose"] = mp_pose.Pose(
+                static_image_mode=True, model_complexity=1, enable_segmentation=True
+            )
             _mp_state["selfie"] = mp_selfie.SelfieSegmentation(model_selection=0)
-        except Exception as exc:  # e.g. protobuf>=5 breaks 0.10.14's graph setup (AttributeError)
-            log.warning("MediaPipe is installed but unusable here (%s: %s); person segmentation "
-                        "unavailable (run trainer/masks.py in its own venv)", type(exc).__name__, exc)
+        except (AttributeError, TypeError, ValueError, RuntimeError, OSError) as exc:
+            # e.g. protobuf>=5 breaks 0.10.14's graph setup with an AttributeError
+            log.warning(
+                "MediaPipe is installed but unusable here (%s: %s); person segmentation "
+                "unavailable (run trainer/masks.py in its own venv)",
+                type(exc).__name__,
+                exc,
+            )
             _mp_state["ok"] = False
             return None
         _mp_state["ok"] = True
@@ -143,7 +149,7 @@ def segment_person(image: np.ndarray) -> np.ndarray | None:
             mask = getattr(mp["selfie"].process(small), "segmentation_mask", None)
     if mask is None:
         return None
-    m = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
+    m: np.ndarray = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
     if m.shape != (h, w):
         m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
     return largest_component(m)
@@ -163,7 +169,7 @@ def largest_component(mask: np.ndarray, threshold: float = 0.5) -> np.ndarray | 
     if areas[best - 1] < MIN_PERSON_FRACTION * m.size:
         return None
     keep = (labels == best).astype(np.uint8)
-    r = max(2, int(round(max(m.shape) * 0.006)))  # room for the soft edge around the component
+    r = max(2, round(max(m.shape) * 0.006))  # room for the soft edge around the component
     near = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     # other components' pixels inside the ring are dropped, soft edge values of this one kept
     other = (binary > 0) & (keep == 0)
@@ -206,9 +212,7 @@ class MaskResult:
     error: str = ""
 
 
-def precompute_masks(
-    image_paths: Iterable[Path], out_dir: Path, overwrite: bool = False
-) -> list[MaskResult]:
+def precompute_masks(image_paths: Iterable[Path], out_dir: Path, overwrite: bool = False) -> list[MaskResult]:
     """Segment each image and cache its person mask as an 8-bit PNG in `out_dir` (a work folder).
 
     A bad image or an image without a person is reported in its result; the rest go on.

@@ -18,12 +18,37 @@ __all__ = ["OVERLAY_STYLES", "add_overlay"]
 OVERLAY_STYLES: tuple[str, ...] = ("credit_tag", "banner", "qr_panel", "logo", "watermark")
 
 _WORDS = (
-    "MARATHON", "HALF", "RUN", "CITY", "SPRING", "NIGHT", "TRAIL", "10K", "21K", "42K", "FINISH",
-    "PHOTO", "SPORTS", "RACE", "CUP", "OPEN", "LAKE", "RIVER", "INTERNATIONAL", "CHALLENGE",
+    "MARATHON",
+    "HALF",
+    "RUN",
+    "CITY",
+    "SPRING",
+    "NIGHT",
+    "TRAIL",
+    "10K",
+    "21K",
+    "42K",
+    "FINISH",
+    "PHOTO",
+    "SPORTS",
+    "RACE",
+    "CUP",
+    "OPEN",
+    "LAKE",
+    "RIVER",
+    "INTERNATIONAL",
+    "CHALLENGE",
 )
 _PALETTE = (
-    (220, 30, 40), (250, 200, 20), (20, 120, 220), (30, 170, 80), (240, 120, 20), (150, 40, 160),
-    (255, 255, 255), (20, 20, 20), (0, 160, 190),
+    (220, 30, 40),
+    (250, 200, 20),
+    (20, 120, 220),
+    (30, 170, 80),
+    (240, 120, 20),
+    (150, 40, 160),
+    (255, 255, 255),
+    (20, 20, 20),
+    (0, 160, 190),
 )
 
 
@@ -63,8 +88,11 @@ def _credit_tag(layer: Image.Image, rng: np.random.Generator) -> None:
     shade = int(rng.integers(0, 60))
     draw.rectangle((x, y, x + box_w, y + box_h), fill=(shade, shade, shade, int(rng.integers(90, 190))))
     ix = x + size // 2
-    draw.rectangle((ix, y + size // 3, ix + size, y + size // 3 + size), outline=(255, 255, 255, 255),
-                   width=max(1, size // 8))
+    draw.rectangle(
+        (ix, y + size // 3, ix + size, y + size // 3 + size),
+        outline=(255, 255, 255, 255),
+        width=max(1, size // 8),
+    )
     draw.text((ix + int(size * 1.5), y + size // 3 - size // 10), text, font=font, fill=(255, 255, 255, 255))
 
 
@@ -94,12 +122,23 @@ def _banner(layer: Image.Image, rng: np.random.Generator) -> None:
     for _ in range(int(rng.integers(1, 4))):  # logo roundels
         d = int(bh * 0.7)
         cy = y0 + (bh - d) // 2
-        draw.ellipse((x, cy, x + d, cy + d), fill=(*_color(rng), 255), outline=(255, 255, 255, 255),
-                     width=max(1, d // 12))
+        draw.ellipse(
+            (x, cy, x + d, cy + d),
+            fill=(*_color(rng), 255),
+            outline=(255, 255, 255, 255),
+            width=max(1, d // 12),
+        )
         x += int(d * 1.2)
     text = _title(rng, int(rng.integers(2, 5)))
-    draw.text((x + bh // 4, y0 + bh // 2), text, font=font, fill=ink, anchor="lm",
-              stroke_width=int(rng.integers(0, 2)), stroke_fill=ink)
+    draw.text(
+        (x + bh // 4, y0 + bh // 2),
+        text,
+        font=font,
+        fill=ink,
+        anchor="lm",
+        stroke_width=int(rng.integers(0, 2)),
+        stroke_fill=ink,
+    )
 
 
 def _qr_modules(rng: np.random.Generator) -> np.ndarray:
@@ -111,10 +150,10 @@ def _qr_modules(rng: np.random.Generator) -> np.ndarray:
     finder[:, [0, 6]] = True
     finder[2:5, 2:5] = True
     for oy, ox in ((0, 0), (0, n - 7), (n - 7, 0)):
-        grid[max(0, oy - 1):oy + 8, max(0, ox - 1):ox + 8] = False
-        grid[oy:oy + 7, ox:ox + 7] = finder
-    grid[6, 8:n - 8] = np.arange(8, n - 8) % 2 == 0
-    grid[8:n - 8, 6] = np.arange(8, n - 8) % 2 == 0
+        grid[max(0, oy - 1) : oy + 8, max(0, ox - 1) : ox + 8] = False
+        grid[oy : oy + 7, ox : ox + 7] = finder
+    grid[6, 8 : n - 8] = np.arange(8, n - 8) % 2 == 0
+    grid[8 : n - 8, 6] = np.arange(8, n - 8) % 2 == 0
     return grid
 
 
@@ -141,8 +180,10 @@ def _qr_panel(layer: Image.Image, rng: np.random.Generator) -> None:
         tw = max(int(draw.textlength(t, font=font)) for t in lines) + side // 3
         px0 = x - tw - side // 6 if right else x
         px1 = x + side + side // 6 if right else x + side + tw + side // 6
-        draw.rectangle((max(0, px0), y - side // 10, min(w, px1), y + side + side // 10),
-                       fill=(255, 255, 255, int(rng.integers(90, 200))))
+        draw.rectangle(
+            (max(0, px0), y - side // 10, min(w, px1), y + side + side // 10),
+            fill=(255, 255, 255, int(rng.integers(90, 200))),
+        )
         tx = px0 + side // 8 if right else x + side + side // 6
         for i, t in enumerate(lines):
             draw.text((tx, y + side * (0.25 + 0.35 * i)), t, font=font, fill=(60, 60, 60, 255))
@@ -161,19 +202,36 @@ def _logo(layer: Image.Image, rng: np.random.Generator) -> None:
     c1, c2 = _color(rng), _color(rng)
     shape = rng.random()
     if shape < 0.4:
-        draw.ellipse((x0, y0, x0 + size, y0 + size), fill=(*c1, 255), outline=(*c2, 255),
-                     width=max(1, size // 10))
+        draw.ellipse(
+            (x0, y0, x0 + size, y0 + size), fill=(*c1, 255), outline=(*c2, 255), width=max(1, size // 10)
+        )
     elif shape < 0.7:
-        pts = [(x0 + size * (0.5 + 0.5 * math.cos(a)), y0 + size * (0.5 + 0.5 * math.sin(a)))
-               for a in np.linspace(0, 2 * math.pi, int(rng.integers(3, 9)), endpoint=False)]
+        pts = [
+            (x0 + size * (0.5 + 0.5 * math.cos(a)), y0 + size * (0.5 + 0.5 * math.sin(a)))
+            for a in np.linspace(0, 2 * math.pi, int(rng.integers(3, 9)), endpoint=False)
+        ]
         draw.polygon(pts, fill=(*c1, 255))
     else:  # ribbon
-        draw.polygon([(x0, y0 + size * 0.3), (x0 + size * 2.6, y0), (x0 + size * 2.4, y0 + size * 0.6),
-                      (x0 + size * 0.2, y0 + size * 0.9)], fill=(*c1, 255))
+        draw.polygon(
+            [
+                (x0, y0 + size * 0.3),
+                (x0 + size * 2.6, y0),
+                (x0 + size * 2.4, y0 + size * 0.6),
+                (x0 + size * 0.2, y0 + size * 0.9),
+            ],
+            fill=(*c1, 255),
+        )
     font = _font(int(size * rng.uniform(0.3, 0.5)))
     text = _title(rng, 1)
-    draw.text((x0 + int(size * 0.3), y0 + int(size * 0.5)), text, font=font, fill=(*c2, 255),
-              anchor="lm", stroke_width=max(1, size // 18), stroke_fill=(255, 255, 255, 255))
+    draw.text(
+        (x0 + int(size * 0.3), y0 + int(size * 0.5)),
+        text,
+        font=font,
+        fill=(*c2, 255),
+        anchor="lm",
+        stroke_width=max(1, size // 18),
+        stroke_fill=(255, 255, 255, 255),
+    )
 
 
 def _watermark(layer: Image.Image, rng: np.random.Generator) -> None:
@@ -184,9 +242,15 @@ def _watermark(layer: Image.Image, rng: np.random.Generator) -> None:
     x = int(w * rng.uniform(0.15, 0.6))
     y = int(h * rng.uniform(0.3, 0.75))
     alpha = int(rng.integers(70, 170))
-    ImageDraw.Draw(layer).text((x, y), text, font=font, fill=(255, 255, 255, alpha), anchor="mm",
-                               stroke_width=max(1, font.size // 25) if hasattr(font, "size") else 1,
-                               stroke_fill=(80, 80, 80, alpha // 2))
+    ImageDraw.Draw(layer).text(
+        (x, y),
+        text,
+        font=font,
+        fill=(255, 255, 255, alpha),
+        anchor="mm",
+        stroke_width=max(1, font.size // 25) if hasattr(font, "size") else 1,
+        stroke_fill=(80, 80, 80, alpha // 2),
+    )
 
 
 _DRAWERS = {
@@ -198,7 +262,9 @@ _DRAWERS = {
 }
 
 
-def add_overlay(image: np.ndarray, rng: np.random.Generator, styles: tuple[str, ...] | None = None) -> np.ndarray:
+def add_overlay(
+    image: np.ndarray, rng: np.random.Generator, styles: tuple[str, ...] | None = None
+) -> np.ndarray:
     """Paste one to three pin-sharp synthetic overlays near the edges of an RGB image.
 
     Args:

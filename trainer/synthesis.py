@@ -195,7 +195,7 @@ def defocus_kernel(radius: float, edge: float = 0.0, soft: float = 0.0) -> np.nd
     if radius < 0.5:
         return np.ones((1, 1), np.float32)
     sigma = soft * radius
-    n = int(math.ceil(radius + 0.5 + 3.0 * sigma))
+    n = math.ceil(radius + 0.5 + 3.0 * sigma)
     ss = 5  # supersampling for the anti-aliased rim
     m = (2 * n + 1) * ss
     coords = (np.arange(m, dtype=np.float64) - (m - 1) / 2.0) / ss  # exactly symmetric about 0
@@ -214,7 +214,7 @@ def _render_path(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Splat a sampled trajectory (equal time steps) into a normalised PSF, centred on its centroid."""
     xs = xs - xs.mean()
     ys = ys - ys.mean()
-    half = int(math.ceil(max(np.abs(xs).max(initial=0.0), np.abs(ys).max(initial=0.0)))) + 1
+    half = math.ceil(float(max(np.abs(xs).max(initial=0.0), np.abs(ys).max(initial=0.0)))) + 1
     size = 2 * half + 1
     k = np.zeros((size, size), np.float64)
     x = xs + half
@@ -288,7 +288,11 @@ def shake_path(
     px = px + jx * jscale
     py = py + jy * jscale
     # main direction of the path so far, turned to the drawn one
-    cur = math.atan2(py[-1] - py[0], px[-1] - px[0]) if abs(px[-1] - px[0]) + abs(py[-1] - py[0]) > 1e-9 else 0.0
+    cur = (
+        math.atan2(py[-1] - py[0], px[-1] - px[0])
+        if abs(px[-1] - px[0]) + abs(py[-1] - py[0]) > 1e-9
+        else 0.0
+    )
     u = rng.random()
     if u < 0.55:
         angle_deg = rng.uniform(-30.0, 30.0) + (180.0 if rng.random() < 0.5 else 0.0)
@@ -324,8 +328,9 @@ def _convolve(linear: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     if kernel.shape == (1, 1):
         return linear.copy()
     # filter2D correlates: flip so an asymmetric PSF is applied as a convolution.
-    return cv2.filter2D(linear, cv2.CV_32F, np.ascontiguousarray(kernel[::-1, ::-1]),
-                        borderType=cv2.BORDER_REFLECT_101)
+    return cv2.filter2D(
+        linear, cv2.CV_32F, np.ascontiguousarray(kernel[::-1, ::-1]), borderType=cv2.BORDER_REFLECT_101
+    )
 
 
 def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -337,8 +342,8 @@ def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
 def _fill_hole(linear: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Pull-push fill: colours of pixels where `valid` is 0, smoothly interpolated from valid ones."""
     levels: list[tuple[np.ndarray, np.ndarray]] = []
-    c = linear * valid[..., None]
-    w = valid.astype(np.float32)
+    c: np.ndarray = linear * valid[..., None]
+    w: np.ndarray = valid.astype(np.float32)
     while min(w.shape[:2]) > 8:
         levels.append((c, w))
         c = cv2.resize(c, (max(1, c.shape[1] // 2), max(1, c.shape[0] // 2)), interpolation=cv2.INTER_AREA)
@@ -378,7 +383,7 @@ def _blur_subject(
     linear: np.ndarray, mask: np.ndarray, kernel: np.ndarray, s1024: float
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Blurred subject over a sharp background; returns linear result and the changed-pixel weight."""
-    dil = max(1, int(round(4.0 * s1024)))  # covers mask misses at hair and limb edges
+    dil = max(1, round(4.0 * s1024))  # covers mask misses at hair and limb edges
     feather = max(0.7, 1.5 * s1024)
     alpha = _gaussian(_dilate(mask, dil), feather)
     plate = _background_plate(linear, mask, s1024)
@@ -393,7 +398,7 @@ def _sharp_subject(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sharp subject over a blurred background plate; returns linear result and subject alpha."""
     alpha = np.clip(_gaussian(mask, max(0.5, 0.8 * s1024)), 0.0, 1.0)
-    outside = _dilate(1.0 - mask, max(1, int(round(1.5 * s1024))))
+    outside = _dilate(1.0 - mask, max(1, round(1.5 * s1024)))
     alpha = np.where(outside < 0.5, 1.0, alpha).astype(np.float32)  # interior stays exactly the source
     out = linear * alpha[..., None] + blurred_plate * (1.0 - alpha)[..., None]
     return out, alpha
@@ -404,7 +409,7 @@ def _background_plate(linear: np.ndarray, mask: np.ndarray, s1024: float) -> np.
 
     Blurring this plate instead of the photo keeps the person's colours out of the blurred background.
     """
-    hole = _dilate(mask, max(2, int(round(3.0 * s1024))))
+    hole = _dilate(mask, max(2, round(3.0 * s1024)))
     soft = np.maximum(hole, _gaussian(hole, max(1.0, 2.0 * s1024)))
     fill = _fill_hole(linear, 1.0 - hole)
     return linear * (1.0 - soft)[..., None] + fill * soft[..., None]
@@ -512,13 +517,17 @@ def synthesize(
             res = res * (1 - t) + _convolve(exp, defocus_kernel(px * small, edge, soft)) * t
             params["depth_min_ratio"] = round(small, 3)
             params["depth_angle"] = round(math.degrees(ang), 1)
-        return to_srgb8(_compress_highlights(res, gain)), SynthRecord(kind, KIND_LABELS[kind], strength, params)
+        return to_srgb8(_compress_highlights(res, gain)), SynthRecord(
+            kind, KIND_LABELS[kind], strength, params
+        )
 
     if kind == "linear_motion":
         angle = float(rng.uniform(0.0, 180.0))
         params["angle"] = round(angle, 2)
         res = _convolve(exp, motion_kernel(px, angle))
-        return to_srgb8(_compress_highlights(res, gain)), SynthRecord(kind, KIND_LABELS[kind], strength, params)
+        return to_srgb8(_compress_highlights(res, gain)), SynthRecord(
+            kind, KIND_LABELS[kind], strength, params
+        )
 
     if kind == "shake":
         curv = float(rng.uniform(0.2, 1.3))
@@ -526,7 +535,9 @@ def synthesize(
         params.update(sp)
         params["extent_px"] = round(float(sp["extent_px"]) / scale, 2)  # at 2048, like strength
         res = _convolve(exp, _render_path(xs, ys))
-        return to_srgb8(_compress_highlights(res, gain)), SynthRecord(kind, KIND_LABELS[kind], strength, params)
+        return to_srgb8(_compress_highlights(res, gain)), SynthRecord(
+            kind, KIND_LABELS[kind], strength, params
+        )
 
     assert m is not None
     if kind in ("subject_motion", "subject_defocus"):
@@ -624,8 +635,14 @@ def _high_iso(image: np.ndarray, rng: np.random.Generator, params: dict[str, flo
     read = shot * float(rng.uniform(0.002, 0.03))
     chroma = float(rng.uniform(0.2, 0.7))
     corr = float(rng.uniform(0.5, 1.1)) if rng.random() < 0.6 else 0.0
-    params.update({"iso_shot": round(shot, 6), "iso_read": round(read, 8), "iso_chroma": round(chroma, 3),
-                   "iso_corr_sigma": round(corr, 3)})
+    params.update(
+        {
+            "iso_shot": round(shot, 6),
+            "iso_read": round(read, 8),
+            "iso_chroma": round(chroma, 3),
+            "iso_corr_sigma": round(corr, 3),
+        }
+    )
     return _add_sensor_noise(image, rng, shot, read, chroma, corr)
 
 
@@ -732,4 +749,3 @@ def _wrap(
     if cur:
         lines.append(cur)
     return lines
-
