@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.errors import EngineError, InvalidBlurTypeError, ModelLoadError, UnreadableImageError
+from engine.errors import InvalidBlurTypeError, ModelLoadError, UnreadableImageError
 from engine.paths import default_model_dir
 from engine.preprocess import DEFAULT_MAX_PIXELS, InputSpec, load_model_input, preprocess
 from engine.results import Classification, ImageResult
@@ -240,8 +240,5 @@ def load_classifier(model_dir: str | os.PathLike[str] | None = None, config: Eng
     """Load a model folder (default: the bundled model) into a shareable classifier."""
     config = config or EngineConfig()
     directory = Path(model_dir) if model_dir is not None else (config.model_dir or default_model_dir())
-    try:
-        info, session = read_model_info(directory, config)
-    except EngineError:
-        raise
+    info, session = read_model_info(directory, config)
     return BlurClassifier(info, session)

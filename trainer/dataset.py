@@ -259,13 +259,12 @@ def augment_original(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _load_working(path: Path, long_side: int) -> np.ndarray:
-    with Image.open(path) as im:
-        im.draft("RGB", (long_side, long_side))
-        im.load()
-        from PIL import ImageOps
+    from PIL import ImageOps
 
-        im = ImageOps.exif_transpose(im) or im
-        im = im.convert("RGB")
+    with Image.open(path) as src:
+        src.draft("RGB", (long_side, long_side))
+        src.load()
+        im: Image.Image = (ImageOps.exif_transpose(src) or src).convert("RGB")
     scale = long_side / max(im.size)
     if scale < 1:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
@@ -369,7 +368,11 @@ def write_dataset(
 
 def read_manifest(dataset_dir: Path) -> list[ManifestRow]:
     with open(Path(dataset_dir) / MANIFEST, newline="", encoding="utf-8") as fh:
-        return [ManifestRow(**{**r, "strength_px": float(r["strength_px"] or 0)}) for r in csv.DictReader(fh)]
+        return [
+            ManifestRow(r["split"], r["label"], r["file"], r["source"], r["group"], r["kind"],
+                        float(r["strength_px"] or 0), r["synth_file"], r["params"], r["error"])
+            for r in csv.DictReader(fh)
+        ]
 
 
 def read_dataset_spec(dataset_dir: Path) -> InputSpec:

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,8 @@ def torch_probabilities(pt_path: Path, batch: np.ndarray) -> np.ndarray:
     import torch
     from ultralytics import YOLO
 
-    model = YOLO(str(pt_path)).model.float().eval()
+    model: Any = YOLO(str(pt_path)).model
+    model = model.float().eval()
     with torch.no_grad():
         out = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
     if isinstance(out, (list, tuple)):
@@ -72,7 +74,8 @@ def export_onnx(
         local_pt = Path(tmp) / "best.pt"
         shutil.copy2(pt_path, local_pt)  # ultralytics writes the .onnx beside the .pt
         yolo = YOLO(str(local_pt))
-        names_map = yolo.model.names
+        net: Any = yolo.model
+        names_map = net.names
         names = tuple(str(names_map[i]) for i in sorted(names_map))
         exported = Path(yolo.export(format="onnx", imgsz=spec.size, dynamic=True, simplify=True, device="cpu", verbose=False))
         proto = onnx.load(str(exported))
