@@ -212,7 +212,7 @@ class DetailPane(QWidget):
         self.verdict.setWordWrap(True)
         self.canvas = ImageCanvas()
         self.overlay_box = QCheckBox("Focus overlay (F)")
-        self.overlay_box.setToolTip("Focus peaking: in-focus edges are tinted, soft areas are dimmed")
+        self.overlay_box.setToolTip("Focus peaking: crisp edges are painted red, soft areas are dimmed")
         self.overlay_box.toggled.connect(self._on_overlay_toggled)
         self.legend = QLabel("")
         self.legend.setStyleSheet("color: palette(mid);")
@@ -317,14 +317,12 @@ class DetailPane(QWidget):
             self.canvas.set_image(preview.overlay)
 
     def _on_overlay_toggled(self, on: bool) -> None:
-        self.legend.setText("Focus overlay: bright tinted edges are in focus; dimmed areas are soft." if on else "")
-        if self._preview is None:
-            return
-        if on and self._preview.overlay is not None:
+        self.legend.setText("Focus peaking: red edges are in focus; dimmed areas are soft." if on else "")
+        if on and self._preview is not None and self._preview.overlay is not None:
             self.canvas.set_image(self._preview.overlay)
         elif on and self._path:
-            self._loader.request(self._path, True)
-        else:
+            self._loader.request(self._path, True)  # the preview (again) and then its overlay
+        elif not on and self._preview is not None:
             self.canvas.set_image(self._preview.image)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override

@@ -238,14 +238,16 @@ class InferenceWorker(QObject):
         results = classifier.classify_paths(
             [p for p, _, _ in todo], None, workers=self._decode_workers, batch_size=self._batch_size
         )
-        for (path, size, mtime_ns), result in zip(todo, results, strict=True):
+        fresh: list[tuple[ImageResult, int, int]] = []
+        for (_path, size, mtime_ns), result in zip(todo, results, strict=True):
             self.classified_count += 1
-            if store is not None:
-                try:
-                    store.put(result, size, mtime_ns)
-                except Exception as exc:  # the result still reaches the view
-                    self.error_occurred.emit(f"cannot save the result of {Path(path).name}: {exc}")
+            fresh.append((result, size, mtime_ns))
             outcomes.append(Outcome(result, size, mtime_ns, time.time(), False))
+        if store is not None and fresh:
+            try:
+                store.put_many(fresh)  # one transaction per batch; a crash loses at most this batch
+            except Exception as exc:  # the results still reach the view
+                self.error_occurred.emit(f"cannot save {len(fresh)} results: {exc}")
         return outcomes
 
     def _lookup(self, store: ResultStore | None, path: str, size: int, mtime_ns: int) -> ImageResult | None:

@@ -229,6 +229,9 @@ class MainWindow(QMainWindow):
         self.folder_list = QListWidget()
         self.folder_list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.folder_list.setToolTip("Folders BlurFlag watches for new photos")
+        self.folder_list.setTextElideMode(Qt.TextElideMode.ElideLeft)
+        self.folder_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.folder_list.setUniformItemSizes(True)
         self.add_folder_button = QPushButton("Add…")
         self.remove_folder_button = QPushButton("Remove")
         self.recursive_box = QCheckBox("Include subfolders")
@@ -272,8 +275,8 @@ class MainWindow(QMainWindow):
         sl.setContentsMargins(0, 0, 0, 0)
         sl.addWidget(folders_box, 1)
         sl.addWidget(flag_box)
-        side.setMinimumWidth(220)
-        side.setMaximumWidth(320)
+        side.setMinimumWidth(210)
+        side.setMaximumWidth(260)
         self.side_panel = side
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -282,7 +285,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 2)
         self.splitter.setChildrenCollapsible(False)
-        self.splitter.setSizes([720, 460])
+        self.splitter.setSizes([800, 420])
 
         self.cull = QWidget()
         cl = QHBoxLayout(self.cull)
@@ -298,6 +301,7 @@ class MainWindow(QMainWindow):
         # Status bar
         self.counts_label = QLabel()
         self.rate_label = QLabel()
+        self.rate_label.setMinimumWidth(self.rate_label.fontMetrics().horizontalAdvance("000.0 img/s") + 6)
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(220)
         self.progress.setFormat("%v / %m")
@@ -449,7 +453,7 @@ class MainWindow(QMainWindow):
     def _restore_settings(self) -> None:
         s = self.settings
         for folder in s.get(S.FOLDERS):
-            self.folder_list.addItem(folder)
+            self._add_folder_item(folder)
         for box, option in ((self.recursive_box, S.RECURSIVE), (self.polling_box, S.USE_POLLING),
                             (self.flagged_box, S.FLAGGED_ONLY)):
             box.blockSignals(True)
@@ -490,11 +494,16 @@ class MainWindow(QMainWindow):
         path = os.path.abspath(os.fspath(folder))
         if not os.path.isdir(path) or path in self.folders():
             return False
-        self.folder_list.addItem(path)
+        self._add_folder_item(path)
         self.settings.set(S.FOLDERS, self.folders())
         if self.bridge.watching:
             self.start_watching()
         return True
+
+    def _add_folder_item(self, path: str) -> None:
+        self.folder_list.addItem(path)
+        item = self.folder_list.item(self.folder_list.count() - 1)
+        item.setToolTip(path)
 
     def add_folder_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Watch a folder", self.settings.get(S.LAST_DIR))
@@ -788,6 +797,8 @@ class MainWindow(QMainWindow):
         if row is not None:
             self._focus_path = None
             self._select_source_row(row)
+            if not self.preview_mode:
+                self.view.setFocus()  # the culling keys act on the photo just dropped
 
     def select_path(self, path: str) -> bool:
         """Select a file's row (for tests and drops)."""
@@ -865,6 +876,10 @@ class MainWindow(QMainWindow):
         """Show the detail pane alone (True) or beside the list."""
         self.view.setVisible(not on)
         self.side_panel.setVisible(not on)
+        self.splitter.refresh()
+        layout = self.cull.layout()
+        if layout is not None:
+            layout.activate()
         if on:
             if self.current_row() is None:
                 self.step_selection(1)

@@ -82,7 +82,7 @@ class Column:
     """Column indices."""
 
     THUMB, FILE, VERDICT, CONFIDENCE, TYPE_PROB, TOP, TIME = range(7)
-    HEADERS = ("", "File", "Verdict", "Confidence", "Blur-type prob.", "Top class", "Time")
+    HEADERS = ("", "File", "Verdict", "Confidence", "Type prob.", "Top class", "Time")
 
 
 class ResultsModel(QAbstractTableModel):
@@ -360,6 +360,10 @@ class ResultsModel(QAbstractTableModel):
         idx = self.index(i, Column.THUMB)
         self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
 
+    def thumbnail_done(self, path: str) -> bool:
+        """Whether the thumbnail of a path was loaded (or found unreadable)."""
+        return path in self._thumb_cache
+
     def _drop_thumb(self, path: str) -> None:
         self._thumb_cache.pop(path, None)
         self._thumb_requested.discard(path)
@@ -511,11 +515,11 @@ class ResultsView(QTableView):
         header.setSectionResizeMode(Column.THUMB, QHeaderView.ResizeMode.Fixed)
         header.resizeSection(Column.THUMB, THUMB_SIZE + 10)
         header.setSectionResizeMode(Column.FILE, QHeaderView.ResizeMode.Interactive)
-        header.resizeSection(Column.FILE, 170)
-        header.resizeSection(Column.VERDICT, 180)
+        header.resizeSection(Column.FILE, 140)
+        header.resizeSection(Column.VERDICT, 155)
         for col in (Column.CONFIDENCE, Column.TYPE_PROB):
-            header.resizeSection(col, 95)
-        header.resizeSection(Column.TOP, 150)
+            header.resizeSection(col, 84)
+        header.resizeSection(Column.TOP, 130)
         header.setStretchLastSection(True)
         header.setSortIndicatorShown(True)
 

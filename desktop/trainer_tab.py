@@ -98,8 +98,11 @@ class TrainerProcess(QObject):
     metrics_ready = Signal(dict)
     run_finished = Signal(int, str)  # exit code, model folder ("" unless it succeeded)
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(
+        self, command: Callable[[TrainRequest], list[str]] = command_line, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
+        self._command = command
         self._proc: QProcess | None = None
         self._stdout_buf = b""
         self._stderr_buf = b""
@@ -125,7 +128,7 @@ class TrainerProcess(QObject):
         if self.running:
             raise RuntimeError("a training run is already going on")
         Path(request.work_dir).mkdir(parents=True, exist_ok=True)
-        cmd = command_line(request)
+        cmd = self._command(request)
         proc = QProcess(self)
         env = QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONUNBUFFERED", "1")
@@ -309,7 +312,7 @@ class EpochPlot(QWidget):
                    f"epoch (of {total})" if self._epochs else "no epochs yet")
 
         def x_of(epoch: int) -> float:
-            return plot.left() + (epoch / total) * plot.width() if total else plot.left()
+            return plot.left() + ((epoch - 0.5) / total) * plot.width()
 
         for key, color, scale in (("loss", self.LOSS_COLOR, max_loss), ("top1", self.ACC_COLOR, 1.0)):
             pts = [QPointF(x_of(int(e["epoch"])), plot.bottom() - float(e[key]) / scale * plot.height())
@@ -347,7 +350,7 @@ class TrainerTab(QWidget):
         super().__init__(parent)
         self._settings = settings
         self._overrides = overrides or dict
-        self.process = TrainerProcess(self)
+        self.process = TrainerProcess(parent=self)
         self.state = RunState()
         self._current_model: str | None = None
         self._started_at = 0.0
@@ -475,6 +478,7 @@ class TrainerTab(QWidget):
         layout.addWidget(self.step_label)
         layout.addWidget(self.progress)
         layout.addLayout(grid, 1)
+        self.set_current_model(None)
         if not ok:
             for w in (setup, self.plot, self.log, self.progress, self.step_label):
                 w.setEnabled(False)

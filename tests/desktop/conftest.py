@@ -92,3 +92,48 @@ def make_window(qtbot, settings: S.Settings) -> Iterator[Callable[..., object]]:
     yield make
     for w in windows:
         w.shutdown()
+
+
+class FakeClassifier:
+    """A stand-in for verdict-dependent GUI tests: the class comes from the file name's prefix.
+
+    `motion_*.jpg` -> motion_blurred, `defocus_*` -> defocused_blurred, `subject_*` -> defocused_object_portrait,
+    anything else -> sharp. Unreadable files give the engine's own error message. Injected explicitly.
+    """
+
+    names = ("sharp", "defocused_object_portrait", "defocused_blurred", "motion_blurred")
+    blur_types = ("defocused_object_portrait", "defocused_blurred", "motion_blurred")
+    _PREFIX = {"motion": "motion_blurred", "defocus": "defocused_blurred", "subject": "defocused_object_portrait"}
+
+    def __init__(self, model_dir: Path) -> None:
+        import json
+        from types import SimpleNamespace
+
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "fake.onnx").write_bytes(b"fake model for GUI tests")
+        (model_dir / "class_names.json").write_text(json.dumps(list(self.names)))
+        self.info = SimpleNamespace(onnx_path=model_dir / "fake.onnx", names=self.names)
+
+    def label_for(self, path: str) -> str:
+        return self._PREFIX.get(Path(path).name.split("_", 1)[0], "sharp")
+
+    def classify(self, path: str, blur_type: str | None = None):  # noqa: ANN201
+        from engine.errors import UnreadableImageError
+        from engine.preprocess import open_image
+        from engine.results import Classification, ImageResult
+
+        try:
+            open_image(path)
+        except UnreadableImageError as exc:
+            return ImageResult(str(path), None, str(exc), blur_type)
+        label = self.label_for(path)
+        probs = [0.85 if n == label else 0.05 for n in self.names]
+        return ImageResult(str(path), Classification.from_probabilities(self.names, probs), None, blur_type)
+
+    def classify_paths(self, paths, blur_type=None, workers=None, batch_size=8):  # noqa: ANN001, ANN201
+        return (self.classify(p, blur_type) for p in paths)
+
+
+@pytest.fixture
+def fake_classifier(tmp_path: Path) -> FakeClassifier:
+    return FakeClassifier(tmp_path / "fake-model")

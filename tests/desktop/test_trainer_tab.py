@@ -1,0 +1,165 @@
+"""The trainer tab: a real trainer subprocess run on a tiny dataset, event parsing, cancel, unavailability."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from desktop import settings as S
+from desktop.trainer_tab import EXIT_CANCELLED, TrainerTab, TrainRequest, command_line, format_metrics
+from tests.toydata import write_class_folders
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+
+
+def test_command_line_follows_the_protocol() -> None:
+    req = TrainRequest("/src", "/work", "/out", epochs=3, imgsz=64, batch=8, weights="w.pt", synth_per_class=5,
+                       extra_examples=("/extra",))
+    cmd = command_line(req)
+    assert cmd[:5] == [sys.executable, "-m", "trainer.cli", "run", "/src"]
+    assert cmd[-1] == "--events"
+    joined = " ".join(cmd)
+    for part in ("--work /work", "--model-out /out", "--epochs 3", "--imgsz 64", "--batch 8", "--weights w.pt",
+                 "--synth-per-class 5", "--extra-examples /extra"):
+        assert part in joined
+
+
+def test_unavailable_trainer_says_how_to_enable(qtbot, settings: S.Settings) -> None:
+    tab = TrainerTab(settings, availability=lambda: (False, "Missing torch. pip install -e '.[train]'"))
+    qtbot.addWidget(tab)
+    assert "pip install -e '.[train]'" in tab.notice.text()
+    assert not tab.start_button.isEnabled()
+    assert tab.start_training() is False
+
+
+def _fake_trainer(script: Path):  # noqa: ANN202
+    def command(req: TrainRequest) -> list[str]:
+        return [sys.executable, str(script), req.model_out]
+    return command
+
+
+_FAKE_OK = r"""
+import json, sys
+out = sys.argv[1]
+def e(**k): print(json.dumps(k), flush=True)
+print("plain text line", flush=True)
+e(event="step", step="prepare", index=1, total=4)
+e(event="log", message="prepared 12 images")
+e(event="step", step="train", index=2, total=4)
+for i in (1, 2): e(event="epoch", epoch=i, epochs=2, loss=1.0 / i, top1=0.4 * i)
+sys.stderr.write("progress 10%\rprogress 100%\n")
+e(event="step", step="export", index=3, total=4)
+e(event="step", step="evaluate", index=4, total=4)
+e(event="metrics", names=["sharp", "motion_blurred"], recall={"sharp": 0.9, "motion_blurred": 0.5},
+  precision={"sharp": 0.8, "motion_blurred": 0.6}, sharp_false_positive_rate=0.1, accuracy=0.7,
+  confusion=[[9, 1], [5, 5]], count=20)
+e(event="done", model_dir=out)
+"""
+
+_FAKE_SLOW = r"""
+import json, signal, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+print(json.dumps({"event": "step", "step": "train", "index": 2, "total": 4}), flush=True)
+while not stop:
+    time.sleep(0.02)
+print(json.dumps({"event": "error", "message": "cancelled"}), flush=True)
+sys.exit(130)
+"""
+
+
+def _tab(qtbot, settings: S.Settings, tmp_path: Path, script: str) -> TrainerTab:  # noqa: ANN001
+    tab = TrainerTab(settings, availability=lambda: (True, "ok"))
+    script_file = tmp_path / "fake_trainer.py"
+    script_file.write_text(script)
+    tab.process._command = _fake_trainer(script_file)
+    qtbot.addWidget(tab)
+    src = tmp_path / "src"
+    src.mkdir()
+    tab.source_edit.setText(str(src))
+    return tab
+
+
+def test_events_drive_progress_plot_metrics_and_model_switch(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    tab = _tab(qtbot, settings, tmp_path, _FAKE_OK)
+    with qtbot.waitSignal(tab.process.run_finished, timeout=20000) as sig:
+        assert tab.start_training()
+    code, model_dir = sig.args
+    assert code == 0 and model_dir.startswith(str(settings.user_models_dir))
+    assert [p["epoch"] for p in tab.plot.points()] == [1, 2]
+    log = tab.log.toPlainText()
+    assert "plain text line" in log and "prepared 12 images" in log and "progress 100%" in log
+    assert "progress 10%" not in log  # carriage-return redraws keep only the last state
+    assert "90.0%" in tab.metrics_label.text() and "10.0%" in tab.metrics_label.text()
+    assert tab.progress.value() == tab.progress.maximum()
+    assert tab.use_button.isEnabled()
+    with qtbot.waitSignal(tab.model_selected) as chosen:
+        tab.use_button.click()
+    assert chosen.args == [model_dir]
+    tab.set_current_model(model_dir)
+    with qtbot.waitSignal(tab.model_selected) as chosen:
+        tab.bundled_button.click()
+    assert chosen.args == [None]
+
+
+def test_cancel_stops_the_subprocess(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    tab = _tab(qtbot, settings, tmp_path, _FAKE_SLOW)
+    with qtbot.waitSignal(tab.process.step_started, timeout=20000):
+        assert tab.start_training()
+    assert tab.cancel_button.isEnabled()
+    with qtbot.waitSignal(tab.process.run_finished, timeout=20000) as sig:
+        tab.cancel_button.click()
+    assert sig.args[0] == EXIT_CANCELLED
+    assert "Cancelled" in tab.step_label.text()
+    assert not tab.use_button.isEnabled() and tab.start_button.isEnabled()
+
+
+def test_missing_source_folder_is_refused(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    tab = TrainerTab(settings, availability=lambda: (True, "ok"))
+    qtbot.addWidget(tab)
+    tab.source_edit.setText(str(tmp_path / "nope"))
+    assert tab.start_training() is False
+    assert "Choose a folder" in tab.step_label.text()
+
+
+def test_format_metrics_lists_every_class() -> None:
+    html = format_metrics({"names": ["sharp", "defocused_blurred"], "recall": {"sharp": 1.0, "defocused_blurred": 0.25},
+                           "precision": {}, "sharp_false_positive_rate": 0.05, "accuracy": 0.8, "count": 10})
+    assert "Sharp" in html and "Defocused" in html and "25.0%" in html and "5.0%" in html
+
+
+@pytest.mark.slow
+def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    """The real `python -m trainer.cli run --events` subprocess, driven through the tab."""
+    import trainer
+
+    ok, why = trainer.available()
+    assert ok, f"the train extra must be installed for this test: {why}"
+    src = write_class_folders(tmp_path / "src", per_class=6, size=(96, 64))
+    tab = TrainerTab(settings, overrides=dict)
+    qtbot.addWidget(tab)
+    tab.resize(1100, 700)
+    tab.show()
+    tab.source_edit.setText(str(src))
+    tab.epochs_spin.setValue(1)
+    tab.imgsz_spin.setValue(32)
+    tab.batch_spin.setValue(8)
+    with qtbot.waitSignal(tab.process.run_finished, timeout=240_000) as sig:
+        assert tab.start_training()
+    code, model_dir = sig.args
+    assert code == 0, tab.log.toPlainText()[-3000:]
+    assert Path(model_dir).parent == settings.user_models_dir
+    assert [p["epoch"] for p in tab.plot.points()] == [1]
+    assert tab.state.metrics is not None and set(tab.state.metrics["recall"]) <= set(tab.state.metrics["names"])
+    assert "Sharp false-positive rate" in tab.metrics_label.text()
+    from engine import load_classifier
+
+    clf = load_classifier(model_dir)
+    assert len(clf.names) == 4
+    assert (Path(model_dir) / "evaluation.json").exists()
+    json.loads((Path(model_dir) / "evaluation.json").read_text())
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert tab.grab().save(str(SCREENSHOTS / "trainer_tab_after_run.png"))
