@@ -36,6 +36,7 @@ from PIL import Image, ImageOps
 __all__ = [
     "MaskResult",
     "cached_mask_path",
+    "is_subject",
     "largest_component",
     "load_cached_mask",
     "load_shared_mask",
@@ -50,8 +51,13 @@ log = logging.getLogger(__name__)
 
 #: Segmentation runs at most at this long side (the MediaPipe models work at 256 px anyway).
 SEGMENT_LONG_SIDE = 1024
-#: A component smaller than this fraction of the frame is not a runner worth blurring.
+#: A component smaller than this fraction of the frame is not a person at all (segmentation noise).
 MIN_PERSON_FRACTION = 0.005
+#: A segmented runner must cover this much of the frame, and span this much of its height, to be the
+#: photo's subject: blurring only a small far runner (or keeping only it sharp in front of a blurred
+#: crowd at the same distance) would teach labels that nobody could see.
+MIN_SUBJECT_FRACTION = 0.02
+MIN_SUBJECT_HEIGHT = 0.3
 
 _mp_lock = threading.Lock()
 _mp_state: dict[str, Any] = {}
@@ -128,7 +134,7 @@ def _mediapipe() -> dict[str, Any] | None:
 def segment_person(image: np.ndarray) -> np.ndarray | None:
     """Offline person mask (float32 0..1, HxW) of the most prominent person, or None.
 
-    None when MediaPipe is unavailable or nobody is found.
+    None when MediaPipe is unavailable, or nobody prominent enough to be the subject is found.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -143,16 +149,47 @@ def segment_person(image: np.ndarray) -> np.ndarray | None:
         small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     small = np.ascontiguousarray(small)
     with _mp_lock:  # the solution graphs are not re-entrant
-        pose_res = mp["pose"].process(small)
-        mask = getattr(pose_res, "segmentation_mask", None)
-        if mask is None or float((np.asarray(mask) > 0.5).mean()) < MIN_PERSON_FRACTION:
-            mask = getattr(mp["selfie"].process(small), "segmentation_mask", None)
+        pose = getattr(mp["pose"].process(small), "segmentation_mask", None)
+        selfie = getattr(mp["selfie"].process(small), "segmentation_mask", None)
+    mask = _combine_masks(pose, selfie)
     if mask is None:
         return None
-    m: np.ndarray = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
+    m: np.ndarray = np.clip(mask, 0.0, 1.0)
     if m.shape != (h, w):
         m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-    return largest_component(m)
+    person = largest_component(m)
+    return person if person is not None and is_subject(person) else None
+
+
+def _combine_masks(pose: np.ndarray | None, selfie: np.ndarray | None) -> np.ndarray | None:
+    """Pose segmentation (one person, clean edges) completed by selfie segmentation near it.
+
+    Pose segmentation follows one person well but drops limbs its landmarks miss (a raised, waving
+    hand); the selfie model finds them but merges neighbours. Selfie pixels within a short reach of
+    the pose person are added; without a pose person, the selfie mask is used alone.
+    """
+    sm = None if selfie is None else np.asarray(selfie, dtype=np.float32)
+    if pose is None or float((np.asarray(pose) > 0.5).mean()) < MIN_PERSON_FRACTION:
+        return sm
+    pm = np.asarray(pose, dtype=np.float32)
+    if sm is None or sm.shape != pm.shape:
+        return pm
+    reach = max(3, round(max(pm.shape) * 0.03))
+    near = cv2.dilate(
+        (pm > 0.5).astype(np.uint8),
+        cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)),
+    )
+    return np.maximum(pm, np.where(near > 0, sm, 0.0)).astype(np.float32)
+
+
+def is_subject(mask: np.ndarray) -> bool:
+    """Whether a person mask is large enough to be the photo's subject (see MIN_SUBJECT_*)."""
+    binary = np.asarray(mask) >= 0.5
+    rows = np.nonzero(binary.any(axis=1))[0]
+    if rows.size == 0:
+        return False
+    height = (rows[-1] - rows[0] + 1) / binary.shape[0]
+    return float(binary.mean()) >= MIN_SUBJECT_FRACTION and height >= MIN_SUBJECT_HEIGHT
 
 
 def largest_component(mask: np.ndarray, threshold: float = 0.5) -> np.ndarray | None:
@@ -242,7 +279,8 @@ def precompute_masks(image_paths: Iterable[Path], out_dir: Path, overwrite: bool
             continue
         mask = segment_person(rgb)
         if mask is None:
-            results.append(MaskResult(path, None, "no person found"))
+            target.unlink(missing_ok=True)  # a stale mask from an earlier run (only with overwrite)
+            results.append(MaskResult(path, None, "no prominent person found"))
             continue
         tmp = target.with_suffix(".tmp.png")
         Image.fromarray(np.clip(mask * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").save(tmp)

@@ -631,7 +631,7 @@ def _add_sensor_noise(
 
 
 def _high_iso(image: np.ndarray, rng: np.random.Generator, params: dict[str, float | str]) -> np.ndarray:
-    shot = float(math.exp(rng.uniform(math.log(1.5e-3), math.log(1.2e-2))))
+    shot = float(math.exp(rng.uniform(math.log(1.5e-3), math.log(8e-3))))
     read = shot * float(rng.uniform(0.002, 0.03))
     chroma = float(rng.uniform(0.2, 0.7))
     corr = float(rng.uniform(0.5, 1.1)) if rng.random() < 0.6 else 0.0

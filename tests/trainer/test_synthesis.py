@@ -323,6 +323,32 @@ def test_largest_component_keeps_the_nearest_runner() -> None:
     assert masks.largest_component(speck) is None
 
 
+def test_is_subject_rejects_small_far_runners() -> None:
+    m = np.zeros((100, 100), np.float32)
+    m[50:70, 40:50] = 1.0  # 2% of the frame but only 20% of its height
+    assert not masks.is_subject(m)
+    m[20:70, 40:50] = 1.0
+    assert masks.is_subject(m)
+    assert not masks.is_subject(np.zeros((10, 10), np.float32))
+
+
+def test_selfie_segmentation_completes_the_pose_person_nearby_only() -> None:
+    pose = np.zeros((600, 600), np.float32)
+    pose[180:570, 240:360] = 1.0  # body; reach is 3% of 600 = 18 px
+    selfie = pose.copy()
+    selfie[165:180, 350:370] = 0.9  # a raised hand the pose model missed
+    selfie[180:570, 510:585] = 1.0  # another runner, out of reach
+    out = masks._combine_masks(pose, selfie)
+    assert out is not None
+    assert out[170, 365] == pytest.approx(0.9)
+    assert out[300, 550] == 0.0
+    alone = masks._combine_masks(None, selfie)
+    assert alone is not None and np.array_equal(alone, selfie)
+    with_pose_only = masks._combine_masks(pose, None)
+    assert with_pose_only is not None and np.array_equal(with_pose_only, pose)
+    assert masks._combine_masks(None, None) is None
+
+
 def test_person_mask_uses_cache_and_resizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(masks, "_mp_state", {"ok": False})  # as without MediaPipe
     img = _texture(80, 120)
