@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--weights", type=Path, help="local pretrained .pt (default: train from yolov8n-cls.yaml)")
         sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
+    sp = sub.add_parser("card", help="model-card metrics (Markdown) from a `shipped` work folder")
+    sp.add_argument("work", type=Path)
+
     sp = sub.add_parser("prepare", help="split by group, synthesise/balance, write an ImageFolder dataset")
     sp.add_argument("source", type=Path)
     sp.add_argument("out", type=Path)
@@ -244,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trainer.shipped import rebuild_shipped_model
 
             code = rebuild_shipped_model(args, rep, stop)
+        elif args.command == "card":
+            from trainer.card import card_metrics
+
+            print(card_metrics(args.work), end="")
+            code = 0
         elif args.command == "prepare":
             from trainer.dataset import count_table, prepare
 
