@@ -509,7 +509,7 @@ class FolderWatcher:
                     self._handle(msg)
                 now = time.monotonic()
                 if now >= next_rescan or requested:
-                    roots = self._roots if first else self._native_roots
+                    roots = self._roots if first else self._native_roots + self._orphaned_roots()
                     for root in roots:
                         self._rescan(root)
                     first = False
@@ -553,6 +553,8 @@ class FolderWatcher:
         elif msg.kind == "dir_moved":
             self._dir_moved(msg.path, msg.dest)
         elif msg.kind == "dir_deleted":
+            if msg.path in self._roots:
+                return  # a drive unplugged or a share gone: unavailable, not deleted; rescans take over
             prefix = msg.path.rstrip(os.sep) + os.sep
             for path in [p for p in self._pending if p.startswith(prefix)]:
                 del self._pending[path]
@@ -605,7 +607,20 @@ class FolderWatcher:
             for path, _ in self._walk(root, dest):
                 self._touch(path)
 
+    def _orphaned_roots(self) -> tuple[str, ...]:
+        """Polled folders whose polling emitter stopped (the folder vanished once): rescanned by us instead."""
+        alive = {
+            os.path.realpath(os.fsdecode(emitter.watch.path))
+            for observer in self._observers
+            if isinstance(observer, PollingObserver)
+            for emitter in list(observer.emitters)
+            if emitter.is_alive()
+        }
+        return tuple(r for r in self._polled_roots if r not in alive)
+
     def _rescan(self, root: str) -> None:
+        if not os.path.isdir(root):
+            return  # unavailable (unplugged, offline): report nothing rather than mass deletions
         seen: set[str] = set()
         now = time.monotonic()
         for path, st in self._walk(root):

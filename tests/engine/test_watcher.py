@@ -62,6 +62,16 @@ class Recorder:
             return True
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll a condition that no event signals, in short steps."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.02)
+    return True
+
+
 @pytest.fixture
 def no_thread_leaks() -> Iterator[None]:
     before = set(threading.enumerate())
@@ -352,3 +362,29 @@ def test_callback_errors_do_not_stop_the_watcher(tmp_path: Path, no_thread_leaks
         watcher.stop()
     del rec
     assert seen == ["a.jpg", "b.jpg"]
+
+
+@pytest.mark.parametrize("use_polling", [False, True])
+def test_an_unplugged_folder_reports_no_deletions_and_recovers(
+    tmp_path: Path, recorder: Recorder, no_thread_leaks: None, use_polling: bool
+) -> None:
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "old.jpg").write_bytes(jpeg_bytes())
+    watcher = make_watcher(card, recorder, use_polling=use_polling, poll_interval=0.2)
+    watcher.scan_existing()
+    watcher.start()
+    try:
+        assert watcher.wait_idle(WAIT)
+        os.rename(card, tmp_path / "away")  # the card is pulled out
+        assert watcher.wait_idle(WAIT)
+        assert watcher.wait_idle(WAIT)  # two rescans without the folder
+        if use_polling:
+            assert wait_until(lambda: watcher._orphaned_roots() == (str(card),))  # its poller gave up
+        os.rename(tmp_path / "away", card)  # ... and put back, with a new photo
+        (card / "new.jpg").write_bytes(jpeg_bytes(seed=5))
+        assert recorder.wait_for(lambda: len(recorder.of("ready")) == 1)
+        assert watcher.wait_idle(WAIT)
+    finally:
+        watcher.stop()
+    assert [(e.kind, Path(e.path).name) for _, e in recorder.events] == [("ready", "new.jpg")]
