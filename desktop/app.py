@@ -33,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from desktop import settings as S
     from desktop.main_window import APP_TITLE, MainWindow
 
-    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "blurflag-app"])
+    existing = QApplication.instance()
+    app = existing if isinstance(existing, QApplication) else QApplication([sys.argv[0] if sys.argv else "blurflag-app"])
     app.setOrganizationName(S.ORGANIZATION)
     app.setApplicationName(S.APPLICATION)
     app.setApplicationDisplayName(APP_TITLE)

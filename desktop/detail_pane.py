@@ -18,8 +18,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.results_view import Row, nice_name, pil_to_qimage
-from engine.preprocess import InputSpec, open_image
 from engine.errors import UnreadableImageError
+from engine.preprocess import InputSpec, open_image
 
 PREVIEW_SIDE = 1600  # long side of the decoded preview
 OVERLAY_SIDE = 1024  # long side the focus map is computed at
@@ -90,7 +90,7 @@ class PreviewLoader(QObject):
             except UnreadableImageError as exc:
                 self.preview_ready.emit(Preview(path, QImage(), None, str(exc)))
                 continue
-            except Exception as exc:  # never let one file kill the loader
+            except Exception as exc:  # never let one file kill the loader  # noqa: BLE001
                 self.preview_ready.emit(Preview(path, QImage(), None, f"{type(exc).__name__}: {exc}"))
                 continue
             pil.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
@@ -104,7 +104,7 @@ class PreviewLoader(QObject):
                 from engine.focus import focus_overlay
 
                 overlay = pil_to_qimage(focus_overlay(pil, max_side=OVERLAY_SIDE))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 self.overlay_ready.emit(Preview(path, preview.image, None, f"no focus overlay: {exc}"))
                 continue
             if not self._superseded(path):
@@ -130,10 +130,10 @@ class ImageCanvas(QWidget):
     def image(self) -> QImage:
         return self._image
 
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+    def sizeHint(self) -> QSize:
         return QSize(480, 360)
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+    def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor(38, 38, 40))
         if self._image.isNull():
@@ -164,7 +164,7 @@ class ProbabilityBars(QWidget):
         self.setFixedHeight(max(1, len(self._probs)) * 20 + 4)
         self.update()
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+    def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         label_w = 150
         bar_w = max(20, self.width() - label_w - 50)
@@ -325,7 +325,7 @@ class DetailPane(QWidget):
         elif not on and self._preview is not None:
             self.canvas.set_image(self._preview.image)
 
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+    def keyPressEvent(self, event: QKeyEvent) -> None:
         key = event.key()
         if key in (Qt.Key.Key_Right, Qt.Key.Key_Down):
             self.navigate_requested.emit(1)

@@ -7,6 +7,7 @@ view and the result store.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from desktop.results_view import Row
 
 if TYPE_CHECKING:
     from engine.actions import ActionJournal
+    from engine.store import ResultStore
 
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe"})
 
@@ -48,10 +50,14 @@ def flagged_rows(rows: Iterable[Row], blur_type: str | None) -> list[Row]:
     return [r for r in rows if r.flagged(blur_type)]
 
 
-def write_xmp(rows: Sequence[Row], blur_type: str | None, rating: int | None, embed: bool) -> Summary:
+def write_xmp(
+    rows: Sequence[Row], blur_type: str | None, rating: int | None, embed: bool, store: ResultStore | None = None
+) -> Summary:
     """Write sidecars for flagged rows (rating + blur label); rows marked sharp get their blur label cleared.
 
-    With `embed`, JPEGs also get the XMP packet embedded (atomically; every other byte kept).
+    With `embed`, JPEGs also get the XMP packet embedded (atomically; every other byte kept). Embedding
+    changes the file's size and mtime, so its stored result is re-keyed to the new version: the pixels
+    did not change, and the watcher's "ready" for the rewritten file then needs no new inference.
     """
     from engine import xmp
 
@@ -75,7 +81,10 @@ def write_xmp(rows: Sequence[Row], blur_type: str | None, rating: int | None, em
             if embed and Path(row.path).suffix.lower() in JPEG_SUFFIXES:
                 xmp.embed_xmp_jpeg(row.path, value, label)
                 embedded += 1
-        except Exception as exc:  # one file's failure never stops the rest
+                if store is not None:
+                    st = os.stat(row.path)
+                    store.put(row.result, st.st_size, st.st_mtime_ns)
+        except Exception as exc:  # one file's failure never stops the rest  # noqa: BLE001
             errors.append(f"{Path(row.path).name}: {exc}")
     title = "XMP sidecars written" + (f" ({embedded} embedded in JPEGs)" if embed else "")
     return Summary(title, done, tuple(errors), details={"embedded": embedded})
@@ -86,7 +95,7 @@ def _has_blur_label(path: str) -> bool:
 
     try:
         return xmp.read_sidecar(path).get("xmp:Label", "").startswith("Blur")
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
 
 
@@ -104,15 +113,8 @@ def move_flagged(groups: Mapping[str, Sequence[str]], copy: bool, subfolder: str
     from engine.actions import move_flagged as engine_move
 
     journal = engine_move(groups, copy=copy, subfolder=subfolder)
-    wanted = sum(len(v) for v in groups.values())
-    errors = tuple(f"{Path(p).name}: not {'copied' if copy else 'moved'}" for p in _missing(groups, journal))
     title = "Copied flagged photos" if copy else "Moved flagged photos"
-    return Summary(title, len(journal.actions), errors, journal, {"wanted": wanted})
-
-
-def _missing(groups: Mapping[str, Sequence[str]], journal: ActionJournal) -> list[str]:
-    done = {a.source for a in journal.actions}
-    return [p for paths in groups.values() for p in paths if p not in done]
+    return Summary(title, len(journal.actions), tuple(journal.errors), journal)
 
 
 def undo(journal: ActionJournal) -> Summary:
@@ -168,7 +170,7 @@ class BackgroundTask(QObject):
     def _run(self) -> None:
         try:
             result = self._fn()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self.failed.emit(f"{self.name} failed: {exc}")
             return
         self.finished.emit(result)

@@ -196,7 +196,7 @@ class InferenceWorker(QObject):
                 return
             try:
                 outcomes = self._process(batch)
-            except Exception as exc:  # never let one batch kill the worker
+            except Exception as exc:  # never let one batch kill the worker  # noqa: BLE001
                 outcomes = [_error_outcome(i.path, f"unexpected error: {type(exc).__name__}: {exc}") for i in batch]
             with self._cond:
                 for item in batch:
@@ -246,7 +246,7 @@ class InferenceWorker(QObject):
         if store is not None and fresh:
             try:
                 store.put_many(fresh)  # one transaction per batch; a crash loses at most this batch
-            except Exception as exc:  # the results still reach the view
+            except Exception as exc:  # the results still reach the view  # noqa: BLE001
                 self.error_occurred.emit(f"cannot save {len(fresh)} results: {exc}")
         return outcomes
 
@@ -255,7 +255,7 @@ class InferenceWorker(QObject):
             return None
         try:
             return store.get(path, size, mtime_ns)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self.error_occurred.emit(f"cannot read the result database: {exc}")
             return None
 

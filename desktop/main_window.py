@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,11 +60,12 @@ from desktop.watch_bridge import WatchBridge
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
-    from engine.actions import ActionJournal
+    from engine.actions import ActionJournal, FileAction
     from engine.model import BlurClassifier
     from engine.store import ResultStore
 
 APP_TITLE = "BlurFlag"
+log = logging.getLogger(__name__)
 _RATE_WINDOW = 5.0  # seconds over which images per second are measured
 
 
@@ -98,6 +102,7 @@ class MainWindow(QMainWindow):
         self._run_done = 0
         self._focus_path: str | None = None
         self.messages: list[str] = []  # status messages, newest last (also for tests)
+        self.task_errors: list[str] = []  # actions that failed as a whole
 
         self.classifier: BlurClassifier | None = None
         self.store: ResultStore | None = None
@@ -168,7 +173,7 @@ class MainWindow(QMainWindow):
         mid = model_id(classifier)
         try:
             return ResultStore(self.settings.data_dir / "results" / f"{mid}.sqlite3", model_id=mid)
-        except Exception as exc:  # a locked or newer database must not keep the app from classifying
+        except Exception as exc:  # a locked or newer database must not keep the app from classifying  # noqa: BLE001
             self._model_error = f"results will not be kept: {exc}"
             return None
 
@@ -218,7 +223,7 @@ class MainWindow(QMainWindow):
     def _safe(self, fn: Callable[[], Any], default: Any) -> Any:
         try:
             return fn()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self.show_message(f"Result database error: {exc}", error=True)
             return default
 
@@ -316,7 +321,8 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(self.model_label)
         self.resize(1280, 800)
 
-    def _action(self, text: str, slot: Callable[[], Any], shortcut: str | QKeySequence | None = None,
+    def _action(self, text: str, slot: Callable[[], Any],
+                shortcut: str | QKeySequence | QKeySequence.StandardKey | None = None,
                 tip: str = "", widget: QWidget | None = None) -> QAction:
         action = QAction(text, self)
         if shortcut:
@@ -358,7 +364,7 @@ class MainWindow(QMainWindow):
         self.type_actions: list[QAction] = []
         for n in (1, 2, 3):
             self.type_actions.append(
-                self._action(f"Mark blur type {n}", lambda n=n: self.mark_type(n), str(n), widget=c))
+                self._action(f"Mark blur type {n}", partial(self.mark_type, n), str(n), widget=c))
         self.act_preview = self._action("Preview", self.toggle_preview, "Space", widget=c)
         self.act_overlay = self._action("Focus overlay", self.toggle_overlay, "F", widget=c)
         self.act_next = self._action("Next photo", lambda: self.step_selection(1), "Right", widget=c)
@@ -412,7 +418,7 @@ class MainWindow(QMainWindow):
             self.blur_combo.addItem(nice_name(t), t)
         self.blur_combo.addItem("Show all classes", "")
         i = self.blur_combo.findData(current)
-        self.blur_combo.setCurrentIndex(i if i >= 0 else 0)
+        self.blur_combo.setCurrentIndex(max(i, 0))
         self.blur_combo.blockSignals(False)
         for n, action in enumerate(self.type_actions, start=1):
             name = types[n - 1] if n <= len(types) else None
@@ -606,7 +612,7 @@ class MainWindow(QMainWindow):
 
     def _on_moved(self, old: str, new: str) -> None:
         if self.store is not None:
-            self._safe(lambda: self.store.rename(old, new), None)  # type: ignore[union-attr]
+            self._safe(partial(self.store.rename, old, new), None)
         if not self.model.rename(old, new):
             self._submit([new])
         self._refresh_detail()
@@ -615,7 +621,7 @@ class MainWindow(QMainWindow):
         self.worker.discard([path])
         self.model.remove(path)
         if self.store is not None:
-            self._safe(lambda: self.store.delete(path), None)  # type: ignore[union-attr]
+            self._safe(partial(self.store.delete, path), None)
 
     # -- checking files --------------------------------------------------------------------------
 
@@ -652,19 +658,19 @@ class MainWindow(QMainWindow):
             self.settings.set(S.LAST_DIR, folder)
             self.check_paths([folder])
 
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if _local_paths(event.mimeData()):
             event.acceptProposedAction()
         else:
             event.ignore()
 
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:  # noqa: N802 - Qt override
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
         if _local_paths(event.mimeData()):
             event.acceptProposedAction()
         else:
             event.ignore()
 
-    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+    def dropEvent(self, event: QDropEvent) -> None:
         paths = _local_paths(event.mimeData())
         if not paths:
             event.ignore()
@@ -828,9 +834,8 @@ class MainWindow(QMainWindow):
             return 0
         if label is not None and self.classifier is not None and label not in self.classifier.names:
             return 0
-        if self.store is not None:
-            for p in paths:
-                self._safe(lambda p=p: self.store.set_override(p, label), None)  # type: ignore[union-attr]
+        for p in paths:
+            self._store_override(p, label)
         keep = self.view.currentIndex()
         self.model.set_override(paths, label)
         self._refresh_detail()
@@ -839,6 +844,11 @@ class MainWindow(QMainWindow):
         verb = f"marked as {nice_name(label)}" if label else "unmarked"
         self.show_message(f"{len(paths)} photo{'s' if len(paths) != 1 else ''} {verb}")
         return len(paths)
+
+    def _store_override(self, path: str, label: str | None) -> None:
+        store = self.store
+        if store is not None:
+            self._safe(partial(store.set_override, path, label), None)
 
     def reject_selected(self) -> int:
         """Mark as blurred: the chosen blur type, or (all-classes mode) each photo's most likely blur type."""
@@ -854,8 +864,7 @@ class MainWindow(QMainWindow):
                 continue
             probs = row.result.probabilities
             label = max(blur_types, key=lambda t: probs.get(t, 0.0))
-            if self.store is not None:
-                self._safe(lambda p=path, lab=label: self.store.set_override(p, lab), None)  # type: ignore[union-attr]
+            self._store_override(path, label)
             self.model.set_override([path], label)
             total += 1
         self._refresh_detail()
@@ -926,6 +935,7 @@ class MainWindow(QMainWindow):
             self._end_task(task, held)
 
         def fail(message: str) -> None:
+            self.task_errors.append(message)
             self.show_message(message, error=True)
             self._end_task(task, held)
 
@@ -943,7 +953,6 @@ class MainWindow(QMainWindow):
         if held and self.bridge.watching and not self.pause_button.isChecked():
             self.bridge.resume()
         self._set_actions_enabled(not self._tasks)
-        self.task_finished_count = getattr(self, "task_finished_count", 0) + 1
 
     def tasks_running(self) -> bool:
         """Whether an action is still running."""
@@ -978,7 +987,8 @@ class MainWindow(QMainWindow):
         """Write sidecars (and, with the opt-in, embedded XMP) for the flagged photos."""
         embed = self.act_embed.isChecked() if embed is None else embed
         rows, bt, rating = self.model.rows(), self.blur_type, self.settings.get(S.FLAGGED_RATING)
-        return self._run_task("xmp", lambda: FA.write_xmp(rows, bt, rating, embed), hold_watch=True)
+        store = self.store
+        return self._run_task("xmp", lambda: FA.write_xmp(rows, bt, rating, embed, store), hold_watch=True)
 
     def _on_embed_toggled(self, on: bool) -> None:
         if on and not self._confirm(
@@ -1051,19 +1061,25 @@ class MainWindow(QMainWindow):
         journal = self.undo_stack.pop()
         store = self.store
 
+        def restored(a: FileAction) -> bool:
+            return a.op == "move" and os.path.lexists(a.source) and not os.path.lexists(a.dest)
+
         def work() -> FA.Summary:
             summary = FA.undo(journal)
             if store is not None:
-                failed = {e.split(":", 1)[0] for e in summary.errors}
                 for a in journal.actions:
-                    if a.op == "move" and Path(a.source).exists() and Path(a.source).name not in failed:
+                    if restored(a):
                         store.rename(a.dest, a.source)
             return summary
 
         def done(summary: FA.Summary) -> None:
             for a in journal.actions:
-                if a.op == "move" and Path(a.source).exists():
+                if restored(a):
                     self.model.rename(a.dest, a.source)
+            if summary.errors:  # what could not be undone stays undoable (its journal file is kept)
+                left = tuple(a for a in journal.actions if os.path.lexists(a.dest))
+                if left:
+                    self.undo_stack.append(replace(journal, actions=left))
             self._update_undo()
             self._refresh_detail()
 
@@ -1076,13 +1092,14 @@ class MainWindow(QMainWindow):
             from engine.actions import load_journals
         except ImportError:
             return
-        known = {j.journal_path for j in self.undo_stack}
+        known = {p for j in self.undo_stack for p in (j.journal_paths or (j.journal_path,))}
         found: list[ActionJournal] = []
         for folder in self.folders():
             try:
                 found += [j for j in load_journals(folder, self.settings.get(S.ACTION_SUBFOLDER))
                           if j.journal_path not in known and j.actions]
-            except Exception as exc:
+                known.update(j.journal_path for j in found)
+            except Exception as exc:  # noqa: BLE001
                 self.show_message(f"cannot read the undo journal in {folder}: {exc}", error=True)
         if found:
             self.undo_stack[:0] = found
@@ -1110,7 +1127,7 @@ class MainWindow(QMainWindow):
 
     # -- shutdown --------------------------------------------------------------------------------
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+    def closeEvent(self, event: QCloseEvent) -> None:
         self.shutdown()
         super().closeEvent(event)
 
@@ -1132,8 +1149,8 @@ class MainWindow(QMainWindow):
             if store is not None:
                 try:
                     store.close()
-                except Exception:
-                    pass
+                except Exception as exc:  # noqa: BLE001 - closing must go on for the other stores
+                    log.warning("cannot close the result database: %s", exc)
         self.store = None
         self._retired_stores.clear()
 

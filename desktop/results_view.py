@@ -388,7 +388,7 @@ def make_thumbnail(path: str, size: int = THUMB_SIZE) -> QImage:
             img.load()
             oriented = ImageOps.exif_transpose(img) or img
             rgb = oriented.convert("RGB")
-    except Exception:  # an unreadable file simply has no thumbnail; its row shows the error
+    except Exception:  # an unreadable file simply has no thumbnail; its row shows the error  # noqa: BLE001
         return QImage()
     rgb.thumbnail((size, size), Image.Resampling.BILINEAR)
     return pil_to_qimage(rgb)
@@ -509,7 +509,7 @@ class ResultsView(QTableView):
         self.setDragDropMode(QAbstractItemView.DragDropMode.NoDragDrop)
         self.setAcceptDrops(False)  # drops go to the window, which checks the files
 
-    def setModel(self, model: Any) -> None:  # noqa: N802 - Qt override
+    def setModel(self, model: Any) -> None:
         super().setModel(model)
         header = self.horizontalHeader()
         header.setSectionResizeMode(Column.THUMB, QHeaderView.ResizeMode.Fixed)

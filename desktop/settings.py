@@ -117,7 +117,7 @@ class Settings:
     @property
     def schema_version(self) -> int:
         """The schema version stored in the file."""
-        return int(self._qs.value(_SCHEMA_KEY, SCHEMA_VERSION))
+        return int(str(self._qs.value(_SCHEMA_KEY, SCHEMA_VERSION)))
 
     @property
     def data_dir(self) -> Path:
@@ -191,7 +191,7 @@ def _convert(raw: Any, default: T) -> T:
     if isinstance(default, list):
         parsed = json.loads(raw) if isinstance(raw, str) else raw
         if not isinstance(parsed, list):
-            raise ValueError("not a list")
+            raise ValueError("not a list")  # noqa: TRY004 - a bad stored value, which `get` handles
         return [str(v) for v in parsed]  # type: ignore[return-value]
     if isinstance(default, bytes):
         return bytes(raw.data() if isinstance(raw, QByteArray) else raw)  # type: ignore[return-value]

@@ -259,7 +259,7 @@ class EpochPlot(QWidget):
         self.setMinimumHeight(170)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+    def sizeHint(self) -> QSize:
         return QSize(420, 220)
 
     def clear(self, total: int = 0) -> None:
@@ -276,7 +276,7 @@ class EpochPlot(QWidget):
     def points(self) -> list[dict[str, Any]]:
         return list(self._epochs)
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+    def paintEvent(self, event: QPaintEvent) -> None:
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         pal = self.palette()
@@ -545,7 +545,7 @@ class TrainerTab(QWidget):
         self.use_button.setEnabled(False)
         try:
             req = self.request()
-        except Exception as exc:  # exporting overrides failed (disk full, permissions)
+        except Exception as exc:  # exporting overrides failed (disk full, permissions)  # noqa: BLE001
             self.step_label.setText(f"Cannot prepare the run: {exc}")
             return False
         self._started_at = time.monotonic()

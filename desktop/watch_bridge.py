@@ -120,7 +120,7 @@ class WatchBridge(QObject):
         # Scan first: scanned files count as reported, so the watcher's first rescan does not repeat them.
         try:
             backlog = watcher.scan_existing()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self.error_occurred.emit(f"cannot list the watched folders: {exc}")
             backlog = []
         if self._cancel.is_set():
@@ -128,7 +128,7 @@ class WatchBridge(QObject):
         self.backlog_found.emit(list(backlog))
         try:
             watcher.start()
-        except Exception as exc:  # WatcherError, or OSError from watchdog
+        except Exception as exc:  # WatcherError, or OSError from watchdog  # noqa: BLE001
             self.error_occurred.emit(str(exc))
 
     def _on_event(self, event: WatchEvent) -> None:

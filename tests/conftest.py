@@ -7,12 +7,12 @@ import os
 # Before any Qt import: render offscreen (CI has no display). setdefault keeps a developer's choice.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 _THREAD_GRACE_S = 5.0
 

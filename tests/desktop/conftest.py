@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def settings(tmp_path: Path) -> S.Settings:
 
 
 @pytest.fixture(scope="session")
-def classifier():  # noqa: ANN201 - the engine's BlurClassifier
+def classifier():
     """The real bundled classifier (one ONNX session shared by the session's tests)."""
     from engine import load_classifier
 
@@ -76,7 +77,7 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (240, 160)) -> bytes:
 
 
 @pytest.fixture
-def make_window(qtbot, settings: S.Settings) -> Iterator[Callable[..., object]]:  # noqa: ANN001
+def make_window(qtbot, settings: S.Settings) -> Iterator[Callable[..., object]]:
     """Build MainWindows that are shut down (threads joined) at the end of the test."""
     from desktop.main_window import MainWindow
 
@@ -103,7 +104,7 @@ class FakeClassifier:
 
     names = ("sharp", "defocused_object_portrait", "defocused_blurred", "motion_blurred")
     blur_types = ("defocused_object_portrait", "defocused_blurred", "motion_blurred")
-    _PREFIX = {"motion": "motion_blurred", "defocus": "defocused_blurred", "subject": "defocused_object_portrait"}
+    _PREFIX: ClassVar[dict[str, str]] = {"motion": "motion_blurred", "defocus": "defocused_blurred", "subject": "defocused_object_portrait"}
 
     def __init__(self, model_dir: Path) -> None:
         import json
@@ -117,7 +118,7 @@ class FakeClassifier:
     def label_for(self, path: str) -> str:
         return self._PREFIX.get(Path(path).name.split("_", 1)[0], "sharp")
 
-    def classify(self, path: str, blur_type: str | None = None):  # noqa: ANN201
+    def classify(self, path: str, blur_type: str | None = None):
         from engine.errors import UnreadableImageError
         from engine.preprocess import open_image
         from engine.results import Classification, ImageResult
@@ -130,7 +131,7 @@ class FakeClassifier:
         probs = [0.85 if n == label else 0.05 for n in self.names]
         return ImageResult(str(path), Classification.from_probabilities(self.names, probs), None, blur_type)
 
-    def classify_paths(self, paths, blur_type=None, workers=None, batch_size=8):  # noqa: ANN001, ANN201
+    def classify_paths(self, paths, blur_type=None, workers=None, batch_size=8):
         return (self.classify(p, blur_type) for p in paths)
 
 

@@ -35,7 +35,7 @@ def test_unavailable_trainer_says_how_to_enable(qtbot, settings: S.Settings) -> 
     assert tab.start_training() is False
 
 
-def _fake_trainer(script: Path):  # noqa: ANN202
+def _fake_trainer(script: Path):
     def command(req: TrainRequest) -> list[str]:
         return [sys.executable, str(script), req.model_out]
     return command
@@ -71,7 +71,7 @@ sys.exit(130)
 """
 
 
-def _tab(qtbot, settings: S.Settings, tmp_path: Path, script: str) -> TrainerTab:  # noqa: ANN001
+def _tab(qtbot, settings: S.Settings, tmp_path: Path, script: str) -> TrainerTab:
     tab = TrainerTab(settings, availability=lambda: (True, "ok"))
     script_file = tmp_path / "fake_trainer.py"
     script_file.write_text(script)

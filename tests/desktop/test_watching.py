@@ -18,7 +18,7 @@ def _real(p: Path) -> str:
     return os.path.realpath(p)
 
 
-def _paths(window) -> set[str]:  # noqa: ANN001
+def _paths(window) -> set[str]:
     return {r.path for r in window.model.rows()}
 
 
@@ -153,7 +153,7 @@ def test_restart_resumes_from_the_database(qtbot, make_window, settings: S.Setti
         stored = {r.result.path for r in store.all()}
     assert stored and stored <= {_real(p) for p in files}
     # One finished photo is edited while BlurFlag is closed: it must be classified again.
-    changed = sorted(stored)[0]
+    changed = min(stored)
     Path(changed).write_bytes(jpeg_bytes(500, (200, 140)))
 
     second = make_window()  # settings say it was watching: it resumes on its own
