@@ -92,7 +92,9 @@ def write_sidecar(image_path: str | Path, rating: int | None, label: str | None)
             raise XmpError(f"cannot read {path}: {exc.strerror or exc}") from None
     if rating is None and label is None:
         return path
-    doc = _merge(old if old and old.strip() else None, rating, label, str(path))
+    doc, changed = _merge(old if old and old.strip() else None, rating, label, str(path))
+    if not changed:
+        return path
     head = b'<?xml version="1.0" encoding="UTF-8"?>\n' if old and old.lstrip().startswith(b"<?xml") else b""
     body = head + b"\n".join(node.toxml().encode("utf-8") for node in doc.childNodes) + b"\n"
     _atomic_write(path, body, mode_from=path if old is not None else Path(image_path))
@@ -188,7 +190,9 @@ def embed_xmp_jpeg(image_path: str | Path, rating: int | None, label: str | None
         return
     existing = next((s for s in segments if _is_xmp(s, data)), None)
     old_packet = existing.payload(data)[len(JPEG_XMP_HEADER) :] if existing else None
-    doc = _merge(old_packet, rating, label, str(path))
+    doc, changed = _merge(old_packet, rating, label, str(path))
+    if not changed:
+        return
     packet = _packet(doc, len(old_packet) if old_packet is not None else None)
     segment = (
         b"\xff\xe1" + (2 + len(JPEG_XMP_HEADER) + len(packet)).to_bytes(2, "big") + JPEG_XMP_HEADER + packet
@@ -321,8 +325,10 @@ def _bound(node: minidom.Node, prefix: str) -> bool:
     return False
 
 
-def _merge(old: bytes | None, rating: int | None, label: str | None, name: str) -> minidom.Document:
-    """The XMP document `old` (or a new one) with rating and label set as ``xmp:`` attributes."""
+def _merge(
+    old: bytes | None, rating: int | None, label: str | None, name: str
+) -> tuple[minidom.Document, bool]:
+    """`old` (or a new document) with rating and label set as ``xmp:`` attributes; and whether that changed it."""
     doc = _parse(old, name) if old is not None else _new_document()
     rdf = doc.getElementsByTagNameNS(RDF_NS, "RDF")[0]
     updates: dict[str, str | None] = {}
@@ -335,8 +341,9 @@ def _merge(old: bytes | None, rating: int | None, label: str | None, name: str) 
             ours = [n for _, n in _occurrences(rdf, "Label") if _value(n).startswith(LABEL_PREFIX)]
             if ours:
                 updates["Label"] = None
-    if not updates:
-        return doc
+    current = {local: [_value(n) for _, n in _occurrences(rdf, local)] for local in updates}
+    if all(current[local] == [value] for local, value in updates.items()):
+        return doc, False  # already so: leave the file (and its mtime) alone
     target: minidom.Element | None = None
     for local in updates:
         for desc, node in _occurrences(rdf, local):
@@ -354,7 +361,7 @@ def _merge(old: bytes | None, rating: int | None, label: str | None, name: str) 
     for local, value in updates.items():
         if value is not None:
             target.setAttributeNS(XMP_NS, f"{prefix}:{local}", value)
-    return doc
+    return doc, True
 
 
 def _description_for_xmp(doc: minidom.Document, rdf: minidom.Element) -> minidom.Element:

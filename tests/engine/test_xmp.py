@@ -129,6 +129,11 @@ def test_new_sidecar_is_a_standard_packet(tmp_path: Path) -> None:
         "no temp files left"
     )
     assert read_sidecar(tmp_path / "other.jpg") == {}
+    write_sidecar(tmp_path / "sharp.jpg", None, "")  # nothing to clear: no sidecar is created
+    assert not (tmp_path / "sharp.xmp").exists()
+    before = path.stat()
+    write_sidecar(image, 1, "Blur: motion")
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == (before.st_mtime_ns, before.st_ino)
 
 
 def test_merging_keeps_every_other_property(tmp_path: Path) -> None:
@@ -267,6 +272,17 @@ def test_embedding_changes_nothing_but_the_xmp_packet(tmp_path: Path) -> None:
     assert scan2 == before_scan and [s for s in segs2 if not is_xmp(s)] == before_segs
     assert read_embedded_xmp(path) == {"xmp:Rating": "3", "xmp:Label": "Blur: motion"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"], "no temporary files left behind"
+    stat = path.stat()
+    embed_xmp_jpeg(path, 3, "Blur: motion")  # already so: the file is not rewritten
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
+    embed_xmp_jpeg(path, None, "")  # removes the Blur label
+    assert read_embedded_xmp(path) == {"xmp:Rating": "3"}
+    stat = path.stat()
+    embed_xmp_jpeg(path, 3, None)
+    embed_xmp_jpeg(path, None, "")
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino), (
+        "no-op edits write nothing"
+    )
 
 
 def test_an_existing_packet_is_merged_in_place(tmp_path: Path) -> None:
