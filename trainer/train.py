@@ -158,7 +158,12 @@ def train_model(
     model.add_callback("on_train_batch_end", on_batch_end)
     model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
     if resume and last.exists():
-        model.train(resume=True)
+        try:
+            model.train(resume=True)
+        except AssertionError as exc:  # ultralytics: "training ... is finished, nothing to resume"
+            if "nothing to resume" not in str(exc):
+                raise
+            say("training had already finished; nothing to resume")
     else:
         model.train(**_train_args(config, Path(dataset_dir).resolve(), spec.size, project, name))
     if stop_event is not None and stop_event.is_set():
