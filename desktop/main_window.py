@@ -19,6 +19,7 @@ from PySide6.QtGui import (
     QDragEnterEvent,
     QDragMoveEvent,
     QDropEvent,
+    QIcon,
     QKeySequence,
 )
 from PySide6.QtWidgets import (
@@ -58,6 +59,7 @@ from desktop.results_view import (
 from desktop.trainer_tab import TrainerTab
 from desktop.watch_bridge import WatchBridge
 from engine.errors import EngineError
+from engine.paths import resource_path
 
 if TYPE_CHECKING:
     from engine.actions import ActionJournal, FileAction
@@ -92,13 +94,16 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.settings = settings
         self.setWindowTitle(APP_TITLE)
+        icon = resource_path("icon.png")
+        if icon.exists():
+            self.setWindowIcon(QIcon(str(icon)))
         self.setAcceptDrops(True)
         self._closed = False
         self._tasks: list[FA.BackgroundTask] = []
         self._retired_stores: list[ResultStore] = []
         self.undo_stack: list[ActionJournal] = []
         self._rate_times: deque[float] = deque()
-        self._run_total = 0
+        self._waiting = 0
         self._run_done = 0
         self._focus_path: str | None = None
         self.messages: list[str] = []  # status messages, newest last (also for tests)
@@ -627,7 +632,7 @@ class MainWindow(QMainWindow):
 
     def _submit(self, paths: Sequence[str], explicit: bool = False) -> int:
         added = self.worker.submit(paths, explicit=explicit)
-        self._run_total += added
+        self._waiting = self.worker.pending_count()  # the queue_changed signal may still be in flight
         self._update_progress()
         return added
 
@@ -685,6 +690,7 @@ class MainWindow(QMainWindow):
             if not o.cached:
                 self._rate_times.append(now)
         self._run_done += len(outcomes)
+        self._waiting = max(0, self._waiting - len(outcomes))  # until queue_changed gives the exact count
         self.model.add_outcomes(outcomes)
         self._update_progress()
         current = self.detail.current_path
@@ -692,19 +698,21 @@ class MainWindow(QMainWindow):
             self._refresh_detail()
 
     def _on_queue_changed(self, pending: int) -> None:
+        self._waiting = pending  # here: the paths still waiting (dropped folders count once expanded)
         if pending == 0 and self.worker.is_idle():
             self._reset_progress()
         self._update_progress()
 
     def _reset_progress(self) -> None:
-        self._run_total = self._run_done = 0
+        self._waiting = self._run_done = 0
 
     def _update_progress(self) -> None:
-        total = max(self._run_total, self._run_done)
-        busy = total > 0 and self._run_done < total
+        """The bar shows done / (done + waiting) since the queue was last empty."""
+        waiting = self._waiting
+        busy = waiting > 0
         self.progress.setVisible(busy)
         if busy:
-            self.progress.setMaximum(total)
+            self.progress.setMaximum(self._run_done + waiting)
             self.progress.setValue(self._run_done)
 
     def clear_results(self) -> None:
@@ -1128,6 +1136,11 @@ class MainWindow(QMainWindow):
     # -- shutdown --------------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._closed and self.trainer_tab.process.running and not self._confirm(
+            "Quit BlurFlag", "A training run is still going on. Cancel it and quit?"
+        ):
+            event.ignore()
+            return
         self.shutdown()
         super().closeEvent(event)
 
