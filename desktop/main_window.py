@@ -940,6 +940,8 @@ class MainWindow(QMainWindow):
                 if on_done is not None:
                     on_done(result)
                 self.show_message(result.message(), error=bool(result.errors))
+                if result.errors:
+                    self._show_problems(result)
             self._end_task(task, held)
 
         def fail(message: str) -> None:
@@ -961,6 +963,14 @@ class MainWindow(QMainWindow):
         if held and self.bridge.watching and not self.pause_button.isChecked():
             self.bridge.resume()
         self._set_actions_enabled(not self._tasks)
+
+    def _show_problems(self, summary: FA.Summary) -> None:
+        """A non-modal report of the files an action skipped (the rest was done)."""
+        box = QMessageBox(QMessageBox.Icon.Warning, APP_TITLE, summary.message(), QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.setModal(False)
+        box.show()
+        self.problem_box = box
 
     def tasks_running(self) -> bool:
         """Whether an action is still running."""

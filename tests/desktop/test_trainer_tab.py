@@ -144,7 +144,7 @@ def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_pat
     tab.resize(1100, 700)
     tab.show()
     tab.source_edit.setText(str(src))
-    tab.epochs_spin.setValue(1)
+    tab.epochs_spin.setValue(2)
     tab.imgsz_spin.setValue(32)
     tab.batch_spin.setValue(8)
     with qtbot.waitSignal(tab.process.run_finished, timeout=240_000) as sig:
@@ -152,7 +152,7 @@ def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_pat
     code, model_dir = sig.args
     assert code == 0, tab.log.toPlainText()[-3000:]
     assert Path(model_dir).parent == settings.user_models_dir
-    assert [p["epoch"] for p in tab.plot.points()] == [1]
+    assert [p["epoch"] for p in tab.plot.points()] == [1, 2]
     assert tab.state.metrics is not None and set(tab.state.metrics["recall"]) <= set(tab.state.metrics["names"])
     assert "Sharp false-positive rate" in tab.metrics_label.text()
     from engine import load_classifier
@@ -163,3 +163,32 @@ def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_pat
     json.loads((Path(model_dir) / "evaluation.json").read_text())
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     assert tab.grab().save(str(SCREENSHOTS / "trainer_tab_after_run.png"))
+
+
+_FAKE_ARGS = r"""
+import json, sys
+print(json.dumps({"event": "log", "message": "ARGS " + json.dumps(sys.argv[1:])}), flush=True)
+print(json.dumps({"event": "done", "model_dir": sys.argv[-1]}), flush=True)
+"""
+
+
+def test_overrides_become_extra_examples(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    from tests.desktop.conftest import write_jpeg
+
+    marked = write_jpeg(tmp_path / "photos" / "IMG_1.jpg", 1)
+    tab = TrainerTab(settings, overrides=lambda: {str(marked): "motion_blurred"}, availability=lambda: (True, "ok"))
+    qtbot.addWidget(tab)
+    script = tmp_path / "fake.py"
+    script.write_text(_FAKE_ARGS)
+    tab.process._command = lambda req: [sys.executable, str(script), *command_line(req)[4:]]
+    src = tmp_path / "src"
+    src.mkdir()
+    tab.source_edit.setText(str(src))
+    with qtbot.waitSignal(tab.process.run_finished, timeout=20000):
+        assert tab.start_training()
+    line = next(x for x in tab.log.toPlainText().splitlines() if x.startswith("ARGS "))
+    args = json.loads(line[5:])
+    extra = Path(args[args.index("--extra-examples") + 1])
+    assert [p.name for p in (extra / "motion_blurred").iterdir()] == ["IMG_1.jpg"]
+    assert marked.exists()
+    assert settings.get(S.TRAIN_SOURCE) == str(src)  # the form is remembered

@@ -184,3 +184,22 @@ def test_missing_watched_folder_is_reported(qtbot, make_window, tmp_path: Path) 
     assert not window.start_watching()
     assert any("folder not found" in m for m in window.messages)
     assert not window.bridge.watching
+
+
+def test_polling_and_subfolders(qtbot, make_window, tmp_path: Path) -> None:
+    """The polling fallback (network and removable drives) with 'include subfolders' on."""
+    folder = tmp_path / "nas"
+    write_jpeg(folder / "day1" / "a.jpg", 1)
+    window = make_window()
+    window.polling_box.setChecked(True)
+    window.recursive_box.setChecked(True)
+    window.add_folder(folder)
+    assert window.start_watching()
+    qtbot.waitUntil(lambda: len(window.model.rows()) == 1, timeout=TIMEOUT)
+    assert window.bridge._watcher is not None and window.bridge._watcher.polled_folders
+    write_jpeg(folder / "day2" / "b.jpg", 2)
+    write_jpeg(folder / "_blurflag" / "motion_blurred" / "c.jpg", 3)  # BlurFlag's own output is ignored
+    qtbot.waitUntil(lambda: len(window.model.rows()) == 2, timeout=TIMEOUT)
+    assert window.bridge._watcher.wait_idle(10.0)
+    assert sorted(Path(r.path).name for r in window.model.rows()) == ["a.jpg", "b.jpg"]
+    assert window.settings.get(S.USE_POLLING) and window.settings.get(S.RECURSIVE)
