@@ -95,6 +95,9 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
     options.intra_op_num_threads = max(0, config.intra_op_threads)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle onnxruntime threads would spin between runs, taking CPU from the decode threads that feed them
+    # (bench/README.md: a few ms of CPU per image on 2 cores); blocking costs nothing measurable here.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(
             str(onnx_files[0]), sess_options=options, providers=["CPUExecutionProvider"]
