@@ -185,13 +185,14 @@ def test_switching_models_rechecks_and_keeps_overrides(qtbot, make_window, tmp_p
     window.mark_selected("sharp")
     # Same weights, but a different model file: results are stored per model and checked again.
     (user_model / "MODEL_CARD.md").write_text("mine")
-    assert window.use_model(str(user_model))
+    with qtbot.waitSignal(window.model_changed):
+        window.trainer_tab.model_selected.emit(str(user_model))  # the trainer tab's "Use this model"
     qtbot.waitUntil(lambda: len(window.model.rows()) == 1, timeout=TIMEOUT)
     assert window.model.rows()[0].override == "sharp"
     assert window.settings.get(S.MODEL_DIR) == str(user_model)
     assert window.trainer_tab.current_label.text().endswith(str(user_model))
-    assert window.use_model(None)
-    assert window.settings.get(S.MODEL_DIR) == ""
+    window.trainer_tab.bundled_button.click()  # one click back to the bundled model
+    assert window.settings.get(S.MODEL_DIR) == "" and window.model_dir is None
     qtbot.waitUntil(lambda: len(window.model.rows()) == 1, timeout=TIMEOUT)
     assert window.use_model(str(tmp_path / "missing")) is False
     assert any("Cannot use this model" in m for m in window.messages)

@@ -59,7 +59,7 @@ def test_watch_classifies_backlog_then_new_files_exactly_once(qtbot, make_window
     assert _paths(window) == {_real(p) for p in backlog}
 
     # New photos: a burst of complete files, a file rewritten twice, and one written slowly in chunks.
-    burst = [write_jpeg(folder / f"IMG_{i:04d}.jpg", i) for i in range(10, 22)]
+    burst = [write_jpeg(folder / f"IMG_{i:04d}.jpg", i, (120, 80)) for i in range(10, 160)]  # a burst of 150
     twice = write_jpeg(folder / "IMG_twice.jpg", 99)
     twice.write_bytes(twice.read_bytes())  # same bytes again: a duplicate event for one version
     slow = ChunkedWriter(folder / "IMG_slow.jpg", jpeg_bytes(7, (640, 480)))
