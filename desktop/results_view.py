@@ -164,16 +164,13 @@ class ResultsModel(QAbstractTableModel):
 
     def add_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Insert new rows or update existing ones (a changed file replaces its row)."""
-        new: list[Row] = []
+        new: dict[str, Row] = {}  # insertion-ordered; a path twice in one batch keeps its latest result
         for o in outcomes:
             path = o.result.path
             row = Row(path, o.result, o.size, o.mtime_ns, o.classified_at, self._overrides.get(path))
             i = self._index.get(path)
             if i is None:
-                if all(r.path != path for r in new):
-                    new.append(row)
-                else:
-                    new = [row if r.path == path else r for r in new]
+                new[path] = row
             else:
                 self._rows[i] = row
                 self._drop_thumb(path)
@@ -181,7 +178,7 @@ class ResultsModel(QAbstractTableModel):
         if new:
             first = len(self._rows)
             self.beginInsertRows(QModelIndex(), first, first + len(new) - 1)
-            for r in new:
+            for r in new.values():
                 self._index[r.path] = len(self._rows)
                 self._rows.append(r)
             self.endInsertRows()
