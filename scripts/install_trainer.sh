@@ -102,7 +102,7 @@ else
 fi
 # The check the app makes, and a real import of the training stack (torch and torchvision must load together).
 "$VPY" -I -c 'import trainer, sys; ok, msg = trainer.available(); print(msg); sys.exit(not ok)'
-"$VPY" -I -c 'import torch, torchvision, ultralytics, onnx, trainer.cli; print("torch", torch.__version__, "torchvision", torchvision.__version__, "ultralytics", ultralytics.__version__)'
+YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$WORK/ultralytics" "$VPY" -I -c 'import torch, torchvision, ultralytics, onnx, trainer.cli; print("torch", torch.__version__, "torchvision", torchvision.__version__, "ultralytics", ultralytics.__version__)'
 rm -rf "$PREFIX"
 mv "$PARTIAL" "$PREFIX"
 echo "Trainer installed in $PREFIX. BlurFlag's Trainer tab and blurflag-train find it there."
