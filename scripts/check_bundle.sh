@@ -51,6 +51,13 @@ else fail "cannot create a network namespace (unshare -n); run as root"
 fi
 # /proc/net/dev lists the interfaces of the reading process's namespace: only the header and `lo` may be there.
 "${OFFLINE[@]}" cat /proc/net/dev | tail -n +3 | grep -qv '^ *lo:' && fail "the namespace has network interfaces"
+# The base Python 3.11 for install-trainer.sh, resolved to its real path while HOME is still the real one
+# (pyenv-style shims look for their versions under $HOME).
+BASE_PY=""
+for cand in python3.11 python3; do
+  BASE_PY=$("$cand" -c 'import sys; print(sys.executable if sys.version_info[:2] == (3, 11) else "")' 2>/dev/null) || true
+  [ -z "$BASE_PY" ] || break
+done
 # Per-user folders of the frozen app go under $WORK, never into the real home.
 export HOME="$WORK/home" XDG_CONFIG_HOME="$WORK/home/.config" XDG_DATA_HOME="$WORK/home/.local/share" \
   XDG_CACHE_HOME="$WORK/home/.cache" XDG_RUNTIME_DIR="$WORK/runtime"
@@ -149,7 +156,8 @@ fi
 if [ -n "$TRAINER" ]; then
   step "4. training through the packaged app's blurflag-train, offline"
   if [ "$TRAINER" = install ]; then
-    "$APP/install-trainer.sh" || fail "install-trainer.sh"
+    [ -n "$BASE_PY" ] || fail "--trainer install needs Python 3.11"
+    "$APP/install-trainer.sh" --python "$BASE_PY" || fail "install-trainer.sh"
     TRAINER_ARGS=()  # the default location the app looks in (under XDG_DATA_HOME, set above)
     TPY="$XDG_DATA_HOME/BlurFlag/trainer/bin/python"
   else
