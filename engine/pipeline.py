@@ -80,11 +80,11 @@ def _run(
         while True:
             while not exhausted and len(pending) < window:
                 try:
-                    p = os.fspath(next(paths))
+                    p = str(next(paths))
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append((str(p), pool.submit(_load, str(p), classifier)))
+                pending.append((p, pool.submit(_load, p, classifier)))
             if not pending:
                 return
             items = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
@@ -110,8 +110,7 @@ def _run(
 
 
 def _predict(classifier: BlurClassifier, batch: np.ndarray) -> list[np.ndarray | str]:
-    """Probability rows for a batch; if the batch call fails, each image is tried alone so one bad input
-    costs only its own result."""
+    """Probability rows for a batch; if the batch call fails, each image alone (an error message where it fails)."""
     try:
         return list(classifier.predict(batch))
     except Exception:
