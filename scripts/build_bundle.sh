@@ -85,7 +85,7 @@ Type=Application
 Name=BlurFlag
 GenericName=Blur culling for photos
 Comment=Flag blurred race and event photos, offline
-Exec=@APPDIR@/blurflag-app
+Exec="@APPDIR@/blurflag-app"
 Icon=blurflag
 Terminal=false
 Categories=Graphics;Photography;
@@ -110,7 +110,9 @@ if [ "${1:-}" = "--uninstall" ]; then
 fi
 mkdir -p "$(dirname "$ENTRY")" "$(dirname "$ICON")"
 cp "$HERE/blurflag.png" "$ICON"
-sed "s#@APPDIR@#$HERE#g" "$HERE/blurflag.desktop" > "$ENTRY"
+# Exec="..." quoting escapes \ " ` $ (folders with spaces work); then escape \ & | for sed's replacement.
+ESCAPED=$(printf '%s' "$HERE" | sed -e 's/[\\"`$]/\\&/g' -e 's/[\\&|]/\\&/g')
+sed "s|@APPDIR@|$ESCAPED|g" "$HERE/blurflag.desktop" > "$ENTRY"
 chmod 644 "$ENTRY"
 command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database -q "$DATA/applications" || true
 echo "BlurFlag added to the application menu ($ENTRY)."
