@@ -135,3 +135,13 @@ exit 7""")
     rc = T.main(["--data-dir", str(tmp_path), "--trainer-python", str(fake), "run", "src", "--epochs", "1"])
     assert rc == 7
     assert log.read_text().split() == ["-I", "-m", "trainer.cli", "run", "src", "--epochs", "1"]
+
+
+def test_module_imports_neither_qt_nor_the_training_stack() -> None:
+    """The packaged launcher (and the desktop's check) must stay free of Qt, torch and the trainer package."""
+    code = ("import sys, engine.trainer_env; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'trainer', 'torch', 'ultralytics', 'cv2')); "
+            "print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
