@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stop.is_set():
         rep.emit("error", message="cancelled")
         return 130
-    if args.command != "run":  # for `run`, "done" stays the last event
+    if args.command not in ("run", "card"):  # `run`: "done" stays the last event; `card`: pure Markdown
         rep.log(f"finished in {time.monotonic() - start:.0f} s")
     return code
 
