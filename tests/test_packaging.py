@@ -155,3 +155,14 @@ def test_install_trainer_help_and_refusals(tmp_path: Path) -> None:
     (keep / "photo.jpg").write_bytes(b"mine")
     subprocess.run(["bash", str(script), "--uninstall", "--prefix", str(keep)], check=True, capture_output=True)
     assert (keep / "photo.jpg").read_bytes() == b"mine"  # only a folder with pyvenv.cfg is ever removed
+
+
+def test_self_test_passes_with_the_bundled_model() -> None:
+    """The bundled model classifies every bundled sample as its name says (what the frozen --self-test checks)."""
+    import io
+
+    from engine.selftest import run_self_test
+
+    out = io.StringIO()
+    assert run_self_test(out=out) == 0, out.getvalue()
+    assert "self-test passed" in out.getvalue()
