@@ -99,10 +99,14 @@ class TrainerProcess(QObject):
     run_finished = Signal(int, str)  # exit code, model folder ("" unless it succeeded)
 
     def __init__(
-        self, command: Callable[[TrainRequest], list[str]] = command_line, parent: QObject | None = None
+        self,
+        command: Callable[[TrainRequest], list[str]] = command_line,
+        parent: QObject | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
         super().__init__(parent)
         self._command = command
+        self._environment = environment  # None: this process's environment (+ the checkout on PYTHONPATH)
         self._proc: QProcess | None = None
         self._stdout_buf = b""
         self._stderr_buf = b""
@@ -130,10 +134,12 @@ class TrainerProcess(QObject):
         Path(request.work_dir).mkdir(parents=True, exist_ok=True)
         cmd = self._command(request)
         proc = QProcess(self)
-        env = QProcessEnvironment.systemEnvironment()
+        env = QProcessEnvironment() if self._environment is not None else QProcessEnvironment.systemEnvironment()
+        for key, value in (self._environment or {}).items():
+            env.insert(key, value)
         env.insert("PYTHONUNBUFFERED", "1")
         env.insert("PYTHONIOENCODING", "utf-8")
-        if not IS_FROZEN:  # run from a checkout: make `trainer` importable whatever the working folder
+        if not IS_FROZEN and self._environment is None:  # run from a checkout: make `trainer` importable whatever the working folder
             root = str(bundle_root())
             old = env.value("PYTHONPATH", "")
             env.insert("PYTHONPATH", root + (os.pathsep + old if old else ""))
@@ -350,7 +356,21 @@ class TrainerTab(QWidget):
         super().__init__(parent)
         self._settings = settings
         self._overrides = overrides or dict
-        self.process = TrainerProcess(parent=self)
+        if availability is None and IS_FROZEN:
+            # The packaged app has no torch: train in the environment install-trainer.sh made (engine.trainer_env).
+            from engine import trainer_env
+
+            status = trainer_env.find_trainer(settings.data_dir)
+            found = status.env if status.ok else None
+            availability = lambda: (status.ok, status.message)  # noqa: E731
+            if found is not None:
+                self.process = TrainerProcess(
+                    command=lambda req: found.command(command_line(req)[3:]),
+                    parent=self,
+                    environment=found.environment(os.environ),
+                )
+        if not hasattr(self, "process"):
+            self.process = TrainerProcess(parent=self)
         self.state = RunState()
         self._current_model: str | None = None
         self._started_at = 0.0
