@@ -24,7 +24,7 @@ class Reporter:
     def __init__(self, events: bool, out: TextIO) -> None:
         self.events = events
         self.out = out
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def emit(self, event: str, **data: Any) -> None:
         with self._lock:
@@ -234,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
+        # Only set the flag: the handler runs on the main thread, possibly while it holds the reporter's lock.
         stop.set()
-        rep.log("cancelling after the current batch...")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

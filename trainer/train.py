@@ -138,7 +138,8 @@ def train_model(
         torch.set_num_threads(config.threads)  # ultralytics pins CPU training to cpu_count - 1
 
     def on_batch_end(trainer: Any) -> None:
-        if stop_event is not None and stop_event.is_set():
+        if stop_event is not None and stop_event.is_set() and not trainer.stop:
+            say("cancelling after the current batch...")
             trainer.stop = True
 
     def on_fit_epoch_end(trainer: Any) -> None:
