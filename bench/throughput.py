@@ -267,6 +267,11 @@ class Timing:
     wall_s: float
     cpu_s: float
     stall: dict[str, float]
+    other_cpu_s: float = 0.0  # CPU time other processes used meanwhile (Linux), to spot contention
+
+    @property
+    def other_cores(self) -> float:
+        return self.other_cpu_s / self.wall_s
 
     @property
     def ips(self) -> float:
@@ -277,8 +282,19 @@ class Timing:
         return self.cpu_s / self.wall_s
 
 
+def _system_busy_s() -> float:
+    """CPU seconds all processes have used since boot (0 where /proc/stat is missing)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn: Callable[[], int], stall: bool = False) -> Timing:
     """Run `fn` (returns the number of images done) and time it, wall and process CPU."""
+    b0 = _system_busy_s()
     c0, t0 = time.process_time(), time.perf_counter()
     if stall:
         with Stall() as s:
@@ -287,7 +303,8 @@ def timed(fn: Callable[[], int], stall: bool = False) -> Timing:
     else:
         n = fn()
         summary = {}
-    return Timing(n, time.perf_counter() - t0, time.process_time() - c0, summary)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return Timing(n, wall, cpu, summary, max(0.0, _system_busy_s() - b0 - cpu))
 
 
 def run_shipped(classifier: BlurClassifier, files: Sequence[Path], workers: int | None = None,
@@ -391,7 +408,8 @@ class Variant:
     reducing_gap: float | None = None  # PIL's resize(reducing_gap=...): integer box reduction first
 
 
-VARIANTS = (Variant("draft 1.0", 1.0), Variant("draft 2.0", 2.0), Variant("draft 2.0 + reducing_gap 2", 2.0, 2.0))
+VARIANTS = (Variant("draft 1.0", 1.0), Variant("draft 2.0", 2.0), Variant("draft 2.0 + reducing_gap 2", 2.0, 2.0),
+            Variant("draft 3.0", 3.0))
 
 
 def draft_check(classifier: BlurClassifier, files: Sequence[Path], variants: Sequence[Variant]) -> dict[str, Any]:
@@ -467,10 +485,12 @@ def sweep(model: Path | None, files: dict[str, list[Path]], repeat: int) -> dict
             best = max(passes, key=lambda x: x.ips)
             rows.append({"workers": w, "batch": b, "ort_threads": t or "default", "spinning": sp,
                          "ips": round(best.ips, 1), "cpu_ms_per_image": round(best.cpu_s * 1000 / best.images, 1),
-                         "cores_used": round(best.cores_used, 2), "timer_late_p99_ms": best.stall["p99_ms"]})
+                         "cores_used": round(best.cores_used, 2), "timer_late_p99_ms": best.stall["p99_ms"],
+                         "other_processes_cores": round(best.other_cores, 2)})
             print(f"  {key}: workers {w} batch {b:2d} ort threads {t or 'default'} spinning {sp!s:5}: "
                   f"{best.ips:6.1f} img/s, {best.cpu_s * 1000 / best.images:5.1f} CPU ms/img, "
-                  f"{best.cores_used:.2f} cores, 5 ms timer p99 late {best.stall['p99_ms']} ms", flush=True)
+                  f"{best.cores_used:.2f} cores, 5 ms timer p99 late {best.stall['p99_ms']} ms, "
+                  f"others {best.other_cores:.2f} cores", flush=True)
         out[key] = rows
     return out
 
@@ -529,6 +549,7 @@ def measure_set(name: str, files: list[Path], classifier: BlurClassifier, worker
         "floor_cores_used": round(best["floor"].cores_used, 2),
         "naive_cores_used": round(best["naive"].cores_used, 2),
         "timer_lateness_during_shipped": best["shipped"].stall,
+        "other_processes_cores": {k: round(t.other_cores, 2) for k, t in best.items()},
         "all_passes_ips": {k: [round(t.ips, 2) for t in v] for k, v in
                            (("shipped", shipped), ("naive", naive), ("floor", floor))},
     }
@@ -548,6 +569,8 @@ def print_set(name: str, r: dict[str, Any]) -> None:
     print(f"  naive   {r['naive_ips']:7.1f} img/s  ({r['naive_cores_used']:.2f} cores busy, {r['naive_images']} images)")
     print(f"  floor   {r['floor_ips']:7.1f} img/s  ({r['floor_cores_used']:.2f} cores busy)")
     print(f"  shipped/naive {r['shipped_over_naive']:.2f}x   shipped/floor {r['shipped_over_floor']:.2f}")
+    oth = r["other_processes_cores"]
+    print(f"  other processes meanwhile: shipped {oth['shipped']}, naive {oth['naive']}, floor {oth['floor']} cores")
     st = r["timer_lateness_during_shipped"]
     print(f"  5 ms timer in a Python thread during shipped: p99 {st['p99_ms']} ms late, max {st['max_ms']} ms")
     if "stages_ms_per_image" in r:
