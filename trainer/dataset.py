@@ -295,11 +295,12 @@ def _synthesise(
     job: Job, out_dir: Path, spec: InputSpec, mask_dir: Path | None, rng: np.random.Generator, row: ManifestRow
 ) -> tuple[Image.Image, ManifestRow]:
     from trainer import synthesis
+    from trainer.masks import person_mask
 
     base = _load_working(job.source.path, WORK_LONG_SIDE)
     mask = None
     if job.kind in synthesis.MASK_KINDS:
-        mask = _cached_mask(job.source.path, base, mask_dir)
+        mask = person_mask(base, job.source.path, mask_dir)
         if mask is None:
             raise ValueError(f"no person mask for {job.source.path.name}")
     blurred, record = synthesis.synthesize(base, job.kind, rng, mask=mask)
@@ -315,12 +316,6 @@ def _synthesise(
     img = open_image(synth_path, spec)  # decoded exactly as the engine decodes a user's JPEG
     params = {**record.params, **finish_params}
     return img, replace(row, strength_px=round(record.strength_px, 2), synth_file=str(synth_rel), params=json.dumps(params))
-
-
-def _cached_mask(path: Path, base: np.ndarray, mask_dir: Path | None) -> np.ndarray | None:
-    from trainer.masks import person_mask
-
-    return person_mask(base, path, mask_dir)
 
 
 def _make_example_star(args: tuple[Job, Path, InputSpec, Path | None]) -> ManifestRow:
