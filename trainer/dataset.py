@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 from collections import Counter, defaultdict
@@ -101,7 +102,9 @@ def discover(source: Path) -> list[SourceImage]:
         label = PLAN_FOLDERS.get(folder.name.strip().lower())
         if label is None:
             continue
-        for f in sorted(folder.rglob("*")):
+        # os.walk with followlinks: `run --extra-examples` merges folders through symlinks, which rglob skips
+        files = [Path(root) / n for root, _dirs, names in os.walk(folder, followlinks=True) for n in names]
+        for f in sorted(files):
             if f.is_file() and is_image_path(f) and not f.name.startswith("."):
                 found.append((f, label))
     if not found:

@@ -157,3 +157,20 @@ def test_manifest_is_csv_with_groups(tmp_path: Path) -> None:
     with open(out / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and {"split", "label", "file", "source", "group", "kind"} <= set(rows[0])
+
+
+def test_extra_examples_are_merged_without_touching_the_sources(tmp_path: Path) -> None:
+    from trainer.cli import _merge_sources
+
+    src = write_class_folders(tmp_path / "src", per_class=3)
+    extra = tmp_path / "extra" / "motion_blurred"
+    extra.mkdir(parents=True)
+    from tests.toydata import blurred, scene
+
+    for i in range(2):
+        blurred(scene(700 + i), "motion_blurred").save(extra / f"mine_{i}.jpg")
+    before = sorted(p.name for p in (tmp_path / "extra").rglob("*"))
+    merged = _merge_sources(src, [tmp_path / "extra"], tmp_path / "work" / "source")
+    items = discover(merged)
+    assert Counter(i.label for i in items)["motion_blurred"] == 5
+    assert sorted(p.name for p in (tmp_path / "extra").rglob("*")) == before
