@@ -192,3 +192,38 @@ def test_overrides_become_extra_examples(qtbot, settings: S.Settings, tmp_path: 
     assert [p.name for p in (extra / "motion_blurred").iterdir()] == ["IMG_1.jpg"]
     assert marked.exists()
     assert settings.get(S.TRAIN_SOURCE) == str(src)  # the form is remembered
+
+
+def test_packaged_app_trains_in_the_installed_trainer_environment(qtbot, settings: S.Settings, monkeypatch,
+                                                                  tmp_path: Path) -> None:
+    """Frozen: the tab asks engine.trainer_env for the installed environment and runs the trainer there."""
+    from desktop import trainer_tab
+    from engine import trainer_env
+
+    env = trainer_env.TrainerEnv(tmp_path / "trainer" / "bin" / "python", "installed")
+    seen: list[Path] = []
+
+    def fake_find(data_dir: Path, *args: object, **kwargs: object) -> trainer_env.TrainerStatus:
+        seen.append(Path(data_dir))
+        return trainer_env.TrainerStatus(True, "trainer available (installed)", env, "0.1.0")
+
+    monkeypatch.setattr(trainer_tab, "IS_FROZEN", True)
+    monkeypatch.setattr(trainer_env, "find_trainer", fake_find)
+    tab = TrainerTab(settings)
+    qtbot.addWidget(tab)
+    assert seen == [settings.data_dir] and tab.available
+    cmd = tab.process._command(TrainRequest("/src", "/work", "/out"))
+    assert cmd[:5] == [str(env.python), "-I", "-m", "trainer.cli", "run"]
+    assert "QT_PLUGIN_PATH" not in (tab.process._environment or {"QT_PLUGIN_PATH": "x"})
+
+
+def test_packaged_app_without_trainer_says_how_to_install(qtbot, settings: S.Settings, monkeypatch) -> None:
+    from desktop import trainer_tab
+    from engine import trainer_env
+
+    monkeypatch.setattr(trainer_tab, "IS_FROZEN", True)
+    monkeypatch.setattr(trainer_env, "find_trainer",
+                        lambda *a, **k: trainer_env.TrainerStatus(False, "Training is not installed. Run install-trainer.sh"))
+    tab = TrainerTab(settings)
+    qtbot.addWidget(tab)
+    assert "install-trainer.sh" in tab.notice.text() and not tab.start_button.isEnabled()
