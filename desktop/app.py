@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,6 +20,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="app data folder (result database, trained models)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def collect_garbage_on_gui_thread(parent: Any) -> Any:
+    """Run Python's cyclic GC from a GUI-thread timer only, and return the timer.
+
+    Automatic collection runs in whichever thread happens to allocate; when it frees Qt objects from a worker
+    thread (inference, watcher, thumbnails), Qt crashes. So automatic GC is off and the GUI thread collects
+    whenever the usual thresholds say so.
+    """
+    from PySide6.QtCore import QTimer
+
+    gc.disable()
+
+    def collect() -> None:
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        if counts[0] > thresholds[0]:
+            generation = 2 if counts[2] > thresholds[2] else 1 if counts[1] > thresholds[1] else 0
+            gc.collect(generation)
+
+    timer = QTimer(parent)
+    timer.setInterval(500)
+    timer.timeout.connect(collect)
+    timer.start()
+    return timer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,11 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setOrganizationName(S.ORGANIZATION)
     app.setApplicationName(S.APPLICATION)
     app.setApplicationDisplayName(APP_TITLE)
+    gc_timer = collect_garbage_on_gui_thread(app)
     settings = S.Settings(args.settings, args.data_dir)
     window = MainWindow(settings, model_dir=args.model)
     window.show()
     code = app.exec()
     window.shutdown()
+    gc_timer.stop()
+    gc.enable()
     return int(code)
 
 

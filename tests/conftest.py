@@ -7,6 +7,7 @@ import os
 # Before any Qt import: render offscreen (CI has no display). setdefault keeps a developer's choice.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,23 @@ from pathlib import Path
 import pytest
 
 _THREAD_GRACE_S = 5.0
+
+
+@pytest.fixture(autouse=True)
+def _gc_on_main_thread() -> Iterator[None]:
+    """Collect garbage only on the main (GUI) thread.
+
+    Python's cyclic GC runs in whichever thread allocates when a threshold is crossed; if that is a worker
+    thread and the garbage holds Qt objects from an earlier test, Qt destroys them off the GUI thread and
+    crashes (a segfault seen in CI inside watchdog's observer start). The app does the same (desktop.app).
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -69,3 +69,26 @@ def _run_until_closed(qtbot) -> int:
 
     qtbot.waitUntil(lambda: not any(w.isVisible() for w in QApplication.topLevelWidgets()), timeout=20000)
     return 0
+
+
+def test_garbage_is_collected_on_the_gui_thread_only(qtbot) -> None:
+    import gc
+
+    from PySide6.QtCore import QObject
+
+    from desktop.app import collect_garbage_on_gui_thread
+
+    holder = QObject()
+    timer = collect_garbage_on_gui_thread(holder)
+    try:
+        assert not gc.isenabled() and timer.isActive()
+        before = gc.get_count()[0]
+        junk = [[i] for i in range(gc.get_threshold()[0] * 2)]
+        for item in junk:  # reference cycles only the cyclic collector frees
+            item.append(item)
+        del junk
+        assert gc.get_count()[0] > before
+        qtbot.waitUntil(lambda: gc.get_count()[0] < gc.get_threshold()[0], timeout=3000)
+    finally:
+        timer.stop()
+        gc.enable()
