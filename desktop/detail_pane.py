@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.results_view import Row, nice_name, pil_to_qimage
+from desktop.threads import stop_thread
 from engine.errors import UnreadableImageError
 from engine.preprocess import InputSpec, open_image
 
@@ -62,14 +63,8 @@ class PreviewLoader(QObject):
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop and join the thread."""
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
         thread, self._thread = self._thread, None
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        return stop_thread(self._stop, self._cond, thread, timeout)
 
     def _superseded(self, path: str) -> bool:
         with self._cond:

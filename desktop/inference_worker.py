@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal
 
+from desktop.threads import stop_thread
 from engine.preprocess import is_image_path
 from engine.results import ImageResult
 
@@ -103,14 +104,8 @@ class InferenceWorker(QObject):
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop after the batch in flight and join the thread; True when it has ended."""
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
         thread, self._thread = self._thread, None
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        return stop_thread(self._stop, self._cond, thread, timeout)
 
     @property
     def running(self) -> bool:

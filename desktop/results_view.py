@@ -26,6 +26,7 @@ from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
 from desktop.inference_worker import Outcome
+from desktop.threads import stop_thread
 from engine.results import ImageResult
 
 SHARP = "sharp"
@@ -429,14 +430,8 @@ class ThumbnailLoader(QObject):
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop and join the thread."""
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
         thread, self._thread = self._thread, None
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        return stop_thread(self._stop, self._cond, thread, timeout)
 
     def _run(self) -> None:
         while True:
