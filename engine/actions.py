@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from engine.fileio import atomic_write
 from engine.model import PRODUCT_CLASSES
 
 log = logging.getLogger(__name__)
@@ -160,19 +160,7 @@ def _journal_dict(
 
 
 def _write_json(path: Path, payload: dict[str, object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".journal.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, json.dumps(payload, indent=1, ensure_ascii=False).encode("utf-8"))
 
 
 def move_flagged(

@@ -9,11 +9,11 @@ is one, else the model's top class; the probability columns always show what the
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
+from engine.fileio import atomic_write
 from engine.model import SHARP
 from engine.results import ImageResult
 from engine.store import StoredResult
@@ -66,34 +66,26 @@ def write_csv(
 
     header = [*FIXED_COLUMNS, *(f"p_{name}" for name in classes), *TAIL_COLUMNS]
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for result, override in items:
-                chosen = blur_type if blur_type is not None else result.blur_type
-                probs = result.probabilities
-                writer.writerow(
-                    [
-                        result.path,
-                        "ok" if result.ok else "error",
-                        verdict(result, chosen, override),
-                        result.top_class or "",
-                        _number(result.confidence),
-                        chosen or "",
-                        _number(probs.get(chosen)) if chosen and result.ok else "",
-                        *(_number(probs.get(name)) if result.ok else "" for name in classes),
-                        override or "",
-                        result.error or "",
-                    ]
-                )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is an ordinary document
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for result, override in items:
+        chosen = blur_type if blur_type is not None else result.blur_type
+        probs = result.probabilities
+        writer.writerow(
+            [
+                result.path,
+                "ok" if result.ok else "error",
+                verdict(result, chosen, override),
+                result.top_class or "",
+                _number(result.confidence),
+                chosen or "",
+                _number(probs.get(chosen)) if chosen and result.ok else "",
+                *(_number(probs.get(name)) if result.ok else "" for name in classes),
+                override or "",
+                result.error or "",
+            ]
+        )
+    # UTF-8 with a BOM so spreadsheets read non-ASCII folder names; an ordinary, readable document (0644)
+    atomic_write(target, buf.getvalue().encode("utf-8-sig"), mode=0o644)
     return len(items)

@@ -14,9 +14,6 @@ for users who want Lightroom's reject flag.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from xml.dom import minidom
@@ -24,6 +21,7 @@ from xml.parsers.expat import ExpatError
 
 from engine import __version__
 from engine.errors import EngineError
+from engine.fileio import atomic_write
 
 XMP_NS = "http://ns.adobe.com/xap/1.0/"
 RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -387,38 +385,8 @@ def _remove_with_indent(parent: minidom.Element, child: minidom.Element) -> None
 
 
 def _atomic_write(path: Path, data: bytes, mode_from: Path) -> None:
-    """Write `data` to `path` through a synced temporary file in the same folder and `os.replace`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".blurflag.tmp", dir=path.parent)
+    """`engine.fileio.atomic_write`, with the failure as an `XmpError`."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            shutil.copymode(mode_from, tmp)
-        except OSError:
-            pass  # permissions are a nicety; the content is what matters
-        os.replace(tmp, path)
+        atomic_write(path, data, mode_from=mode_from)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise XmpError(f"cannot write {path}: {exc.strerror or exc}") from None
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
