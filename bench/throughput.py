@@ -222,7 +222,7 @@ def floor_decode(path: Path, spec: InputSpec) -> tuple[int, int]:
 
 
 def naive_one(path: Path, classifier: BlurClassifier) -> np.ndarray:
-    """Full-size decode, convert, resize with the model's filter, one inference call."""
+    """Full-size decode, convert, resize with the model's filter (plain, no reducing gap), one inference call."""
     spec = classifier.spec
     with Image.open(path) as im:
         rgb = im.convert("RGB")
@@ -399,37 +399,40 @@ def import_profile() -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- draft-factor accuracy
+MODEL_GAP = "model"
+
+
 @dataclass(frozen=True)
 class Variant:
     """A cheaper input pipeline to compare with full decoding."""
 
     label: str
     draft_factor: float
-    reducing_gap: float | None = None  # PIL's resize(reducing_gap=...): integer box reduction first
+    # PIL's resize(reducing_gap=...): integer box reduction first. MODEL_GAP: the model's own (its metadata).
+    reducing_gap: float | str | None = MODEL_GAP
 
 
-VARIANTS = (Variant("draft 1.0", 1.0), Variant("draft 2.0", 2.0), Variant("draft 2.0 + reducing_gap 2", 2.0, 2.0),
-            Variant("draft 3.0", 3.0))
+VARIANTS = (Variant("draft 1.0", 1.0), Variant("draft 2.0", 2.0), Variant("draft 3.0", 3.0), Variant("draft 4.0", 4.0),
+            Variant("draft 4.0, no reducing_gap", 4.0, None), Variant("draft 4.0 + reducing_gap 2", 4.0, 2.0),
+            Variant("draft 4.0 + reducing_gap 3", 4.0, 3.0))
 
 
 def draft_check(classifier: BlurClassifier, files: Sequence[Path], variants: Sequence[Variant]) -> dict[str, Any]:
-    """Max and mean |p_variant - p_full| over all classes, and top-class agreement, per variant."""
+    """Max and mean |p_variant - p_full| over all classes, and top-class agreement, per variant.
+
+    The reference is how the model's training images were made: a full decode, then the model's own resize
+    (Lanczos with the reducing gap recorded in its metadata)."""
     spec = classifier.spec
 
-    def probs(f: Path, draft_factor: float, gap: float | None) -> np.ndarray:
-        s = replace(spec, draft_factor=draft_factor)
-        img = open_image(f, s)
-        if gap is not None and s.resize == "stretch":
-            small = img.resize((s.size, s.size), s.filter, reducing_gap=gap)
-        else:
-            small = to_model_image(img, s)
-        return classifier.predict(to_tensor(small)[None])[0]
+    def probs(f: Path, draft_factor: float, gap: float | str | None) -> np.ndarray:
+        s = replace(spec, draft_factor=draft_factor, reducing_gap=spec.reducing_gap if gap == MODEL_GAP else gap)
+        return classifier.predict(to_tensor(to_model_image(open_image(f, s), s))[None])[0]
 
     diffs: dict[str, list[float]] = {v.label: [] for v in variants}
     agree: dict[str, int] = {v.label: 0 for v in variants}
     scales: dict[str, set[str]] = {v.label: set() for v in variants}
     for f in files:
-        full = probs(f, 0.0, None)
+        full = probs(f, 0.0, MODEL_GAP)
         for v in variants:
             p = probs(f, v.draft_factor, v.reducing_gap)
             diffs[v.label].append(float(np.abs(p - full).max()))
@@ -597,7 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--generate-only", action="store_true", help="make the sets and stop")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--draft-check", action="store_true",
-                    help="only compare probabilities of draft factors 1.0 and 2.0 (and reducing_gap) with full decoding")
+                    help="only compare probabilities of reduced-scale decoding and resize variants with the model's "
+                         "training pipeline (full decode, its own resize)")
     ap.add_argument("--sweep", action="store_true",
                     help="only time the shipped pipeline over decode workers, batch sizes and onnxruntime threads")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -613,7 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
         "machine": machine(),
         "model": {"dir": str(model_dir), "onnx_mb": round(classifier.info.onnx_path.stat().st_size / 1e6, 2),
-                  "input": spec.size, "resize": spec.resize, "draft_factor": spec.draft_factor},
+                  "input": spec.size, "resize": spec.resize, "draft_factor": spec.draft_factor,
+                  "reducing_gap": spec.reducing_gap},
     }
     if _running("blurflag-train"):
         report["contention"] = "a blurflag-train process was running during this measurement"

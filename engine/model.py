@@ -26,6 +26,7 @@ PRODUCT_CLASSES: frozenset[str] = frozenset(
 CLASS_NAMES_FILE = "class_names.json"
 #: ONNX metadata key BlurFlag's exporter writes with the resize mode; plain ultralytics exports lack it.
 RESIZE_METADATA_KEY = "blurflag_resize"
+REDUCING_GAP_METADATA_KEY = "blurflag_reducing_gap"
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,26 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
     resize = metadata.get(RESIZE_METADATA_KEY, "center_crop")
     if resize not in ("stretch", "center_crop"):
         raise ModelLoadError(f"unknown resize mode {resize!r} in the ONNX metadata")
-    spec_kwargs: dict[str, Any] = {"size": size, "resize": resize, "max_pixels": config.max_pixels}
+    spec_kwargs: dict[str, Any] = {"size": size, "resize": resize, "max_pixels": config.max_pixels,
+                                   "reducing_gap": _reducing_gap(metadata)}
     if config.draft_factor is not None:
         spec_kwargs["draft_factor"] = config.draft_factor
     info = ModelInfo(onnx_files[0], names, InputSpec(**spec_kwargs), metadata)
     return info, session
+
+
+def _reducing_gap(metadata: dict[str, str]) -> float | None:
+    """The resize's reducing gap the model was trained with; None (no reduction) when not recorded."""
+    text = metadata.get(REDUCING_GAP_METADATA_KEY, "")
+    if text in ("", "none", "None"):
+        return None
+    try:
+        gap = float(text)
+    except ValueError:
+        raise ModelLoadError(f"bad {REDUCING_GAP_METADATA_KEY} {text!r} in the ONNX metadata") from None
+    if not gap >= 1.0:
+        raise ModelLoadError(f"{REDUCING_GAP_METADATA_KEY} must be >= 1, got {text!r}")
+    return gap
 
 
 def _metadata_names(metadata: dict[str, str]) -> tuple[str, ...] | None:

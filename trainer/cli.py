@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.preprocess import InputSpec
+from engine.preprocess import TRAIN_REDUCING_GAP, InputSpec
 
 
 class Reporter:
@@ -109,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None)
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--resume", action="store_true", help="reuse the prepared dataset and resume training")
+    sp.add_argument("--weights", type=Path, help="start from these local weights (.pt) instead of yolov8n-cls.yaml")
+    sp.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: the trainer's 0.001)")
+    sp.add_argument("--synth-seed", type=int, default=0,
+                    help="seed of the synthesis (the split by group is always the same)")
+    sp.add_argument("--mix", action="append", default=[], metavar="KIND=N",
+                    help="training examples of one synthesis kind, overriding the recipe (repeatable)")
+    sp.add_argument("--reducing-gap", default=str(TRAIN_REDUCING_GAP),
+                    help=f"resize reducing gap, or 'none' (default {TRAIN_REDUCING_GAP})")
 
     sp = sub.add_parser("train", help="fine-tune YOLOv8n-cls on a prepared dataset")
     sp.add_argument("dataset", type=Path)
@@ -141,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _spec(args: argparse.Namespace) -> InputSpec:
-    return InputSpec(size=args.imgsz, resize=args.resize)
+    return InputSpec(size=args.imgsz, resize=args.resize,
+                     reducing_gap=TRAIN_REDUCING_GAP if args.resize == "stretch" else None)
 
 
 def _prepare_options(args: argparse.Namespace) -> Any:

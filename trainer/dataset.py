@@ -24,7 +24,7 @@ from PIL import Image, ImageEnhance
 
 from engine.errors import UnreadableImageError
 from engine.model import PRODUCT_CLASSES, SHARP
-from engine.preprocess import InputSpec, is_image_path, open_image, to_model_image
+from engine.preprocess import TRAIN_REDUCING_GAP, InputSpec, is_image_path, open_image, to_model_image
 
 #: The original plan's folder names, then the class names themselves (matched case-insensitively).
 PLAN_FOLDERS: dict[str, str] = {
@@ -82,7 +82,9 @@ class ManifestRow:
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    spec: InputSpec = field(default_factory=lambda: InputSpec(size=224, resize="stretch"))
+    spec: InputSpec = field(
+        default_factory=lambda: InputSpec(size=224, resize="stretch", reducing_gap=TRAIN_REDUCING_GAP)
+    )
     val_fraction: float = 0.2
     seed: int = 0
     balance: bool = True
@@ -356,7 +358,8 @@ def write_dataset(
         writer.writeheader()
         for r in rows:
             writer.writerow(asdict(r))
-    info = {"imgsz": spec.size, "resize": spec.resize, "draft_factor": spec.draft_factor, "classes": sorted(PRODUCT_CLASSES)}
+    info = {"imgsz": spec.size, "resize": spec.resize, "draft_factor": spec.draft_factor,
+            "reducing_gap": spec.reducing_gap, "classes": sorted(PRODUCT_CLASSES)}
     (out_dir / DATASET_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
     for split in {r.split for r in rows}:
         for c in PRODUCT_CLASSES:  # ultralytics needs every class folder in every split
@@ -375,7 +378,9 @@ def read_manifest(dataset_dir: Path) -> list[ManifestRow]:
 
 def read_dataset_spec(dataset_dir: Path) -> InputSpec:
     info = json.loads((Path(dataset_dir) / DATASET_INFO).read_text(encoding="utf-8"))
-    return InputSpec(size=int(info["imgsz"]), resize=info["resize"], draft_factor=float(info.get("draft_factor", 2.0)))
+    gap = info.get("reducing_gap")
+    return InputSpec(size=int(info["imgsz"]), resize=info["resize"], draft_factor=float(info.get("draft_factor", 2.0)),
+                     reducing_gap=None if gap is None else float(gap))
 
 
 def count_table(rows: Sequence[ManifestRow]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.model import CLASS_NAMES_FILE, RESIZE_METADATA_KEY, load_classifier
+from engine.model import CLASS_NAMES_FILE, REDUCING_GAP_METADATA_KEY, RESIZE_METADATA_KEY, load_classifier
 from engine.preprocess import InputSpec, load_model_input
 from trainer.env import configure_offline
 
@@ -81,6 +81,7 @@ def export_onnx(
         proto = onnx.load(str(exported))
         meta = {p.key: p.value for p in proto.metadata_props}
         meta[RESIZE_METADATA_KEY] = spec.resize
+        meta[REDUCING_GAP_METADATA_KEY] = "none" if spec.reducing_gap is None else str(spec.reducing_gap)
         meta["blurflag_version"] = __version__
         del proto.metadata_props[:]
         for k, v in meta.items():

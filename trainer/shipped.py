@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.model import SHARP
-from engine.preprocess import InputSpec
+from engine.preprocess import TRAIN_REDUCING_GAP, InputSpec
 from trainer.dataset import Job, ManifestRow, Progress, SourceImage, _slug, write_dataset
 from trainer.evaluate import Sample
 
@@ -87,18 +87,52 @@ def split_sources(shared_dir: Path, seed: int = 0) -> dict[str, list[SourceImage
     return splits
 
 
+def parse_mix(items: list[str], base: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, dict[str, int]]:
+    """TRAIN_MIX (or `base`) with `KIND=N` overrides; an unknown kind or a bad count raises ValueError."""
+    mix = {label: dict(kinds) for label, kinds in (base or TRAIN_MIX).items()}
+    for item in items:
+        kind, sep, count = item.partition("=")
+        owner = [label for label, kinds in mix.items() if kind in kinds]
+        if not sep or not owner:
+            known = ", ".join(k for kinds in mix.values() for k in kinds)
+            raise ValueError(f"--mix wants KIND=N with KIND one of {known}; got {item!r}")
+        try:
+            n = int(count)
+        except ValueError:
+            raise ValueError(f"--mix {item!r}: N must be a whole number") from None
+        if n < 0:
+            raise ValueError(f"--mix {item!r}: N must be >= 0")
+        mix[owner[0]][kind] = n
+    return mix
+
+
+def parse_gap(text: str | None) -> float | None:
+    """`--reducing-gap`: a number >= 1, or "none" (plain Lanczos over the whole decoded image)."""
+    if text is None or text.lower() == "none":
+        return None
+    try:
+        gap = float(text)
+    except ValueError:
+        raise ValueError(f"--reducing-gap wants a number >= 1 or 'none', got {text!r}") from None
+    if not gap >= 1.0:
+        raise ValueError(f"--reducing-gap wants a number >= 1 or 'none', got {text!r}")
+    return gap
+
+
 def plan_shipped_jobs(
     splits: Mapping[str, list[SourceImage]],
     has_mask: Callable[[SourceImage], bool],
     seed: int = 0,
     scale: float = 1.0,
+    mix: Mapping[str, Mapping[str, int]] | None = None,
 ) -> list[Job]:
-    """Jobs for every split: train per TRAIN_MIX (times `scale`), val a quarter of it, test TEST_PER_KIND per kind."""
+    """Jobs for every split: train per `mix` (default TRAIN_MIX) times `scale`, val a quarter of it, test
+    TEST_PER_KIND per kind."""
     rng = random.Random(seed)
     jobs: list[Job] = []
     for split, items in splits.items():
         masked = [s for s in items if has_mask(s)]
-        for label, kinds in TRAIN_MIX.items():
+        for label, kinds in (mix or TRAIN_MIX).items():
             for kind, count in kinds.items():
                 if split == "train":
                     n = int(round(count * scale))
@@ -132,8 +166,12 @@ def build_shipped_dataset(
     scale: float = 1.0,
     workers: int = 2,
     progress: Progress | None = None,
+    synth_seed: int = 0,
+    mix: Mapping[str, Mapping[str, int]] | None = None,
 ) -> list[ManifestRow]:
-    """Write the shipped model's train/val/test dataset into `out_dir` (a work folder)."""
+    """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
+
+    `seed` fixes the split by group; `synth_seed` only which photo gets which blur, and how."""
     from trainer import masks
 
     splits = split_sources(shared_dir, seed)
@@ -143,7 +181,7 @@ def build_shipped_dataset(
             return True
         return masks.load_shared_mask(s.path) is not None
 
-    jobs = plan_shipped_jobs(splits, has_mask, seed, scale)
+    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for j in jobs:
         counts[(j.split, j.kind)] += 1
@@ -167,7 +205,7 @@ def triplet_samples(shared_dir: Path) -> list[Sample]:
 
 def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     """`blurflag-train shipped`: dataset from shared data, train (time-boxed, resumable), export, evaluate."""
-    from trainer.dataset import count_table, read_manifest
+    from trainer.dataset import count_table, read_dataset_spec, read_manifest
     from trainer.evaluate import evaluate, evaluate_samples, format_report, write_report
     from trainer.export import export_onnx
     from trainer.train import EpochStats, TrainConfig, train_model
@@ -175,15 +213,22 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     t0 = time.monotonic()
     work = Path(args.work).resolve()
     dataset = work / "dataset"
-    spec = InputSpec(size=args.imgsz, resize="stretch")
+    # Options are checked before anything is written or deleted.
+    weights = getattr(args, "weights", None)
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file not found: {weights}")
+    spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=parse_gap(getattr(args, "reducing_gap", None)))
+    mix = parse_mix(getattr(args, "mix", []) or [])
     if args.resume and (dataset / "manifest.csv").exists():
         rows = read_manifest(dataset)
+        spec = read_dataset_spec(dataset)  # what the dataset was made with, whatever the options say now
         rep.log("reusing the prepared dataset")
     else:
         if dataset.exists():
             shutil.rmtree(dataset)
         rep.emit("step", step="prepare", index=1, total=4)
-        rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log)
+        rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log,
+                                     getattr(args, "synth_seed", 0), mix)
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:
@@ -194,12 +239,16 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     kw: dict[str, Any] = {"epochs": args.epochs, "patience": max(10, args.epochs // 3), "time_hours": args.hours}
     if args.threads:
         kw["threads"] = args.threads
+    if getattr(args, "lr0", None):
+        kw["lr0"] = args.lr0
+    if weights is not None:
+        kw["warmup_bias_lr"] = 0.0
 
     def on_epoch(s: EpochStats) -> None:
         rep.emit("epoch", epoch=s.epoch, epochs=s.epochs, loss=s.loss, top1=s.top1, val_loss=s.val_loss)
 
     rep.emit("step", step="train", index=2, total=4)
-    best = train_model(dataset, work, TrainConfig(**kw), None, args.resume, on_epoch, rep.log, stop)
+    best = train_model(dataset, work, TrainConfig(**kw), weights, args.resume, on_epoch, rep.log, stop)
     rep.log(f"trained after {time.monotonic() - t0:.0f} s")
     rep.emit("step", step="export", index=3, total=4)
     val_images = [dataset / r.synth_file for r in rows if r.split == "val" and r.synth_file and not r.error]

@@ -35,6 +35,10 @@ class TrainConfig:
     lr0: float = 0.001
     lrf: float = 0.01
     cos_lr: bool = True
+    warmup_epochs: float = 3.0  # ultralytics' default
+    # ultralytics starts biases at 0.1 and lowers them to lr0 during warm-up; fine-tuning a trained model
+    # should start them at 0 like every other weight (the default suits a network trained from scratch).
+    warmup_bias_lr: float = 0.1
     hsv_h: float = 0.015
     hsv_s: float = 0.4
     hsv_v: float = 0.3
@@ -78,6 +82,7 @@ def _train_args(cfg: TrainConfig, data: Path, imgsz: int, project: Path, name: s
     args: dict[str, Any] = dict(
         data=str(data), imgsz=imgsz, epochs=cfg.epochs, patience=cfg.patience, batch=cfg.batch,
         dropout=cfg.dropout, weight_decay=cfg.weight_decay, lr0=cfg.lr0, lrf=cfg.lrf, cos_lr=cfg.cos_lr,
+        warmup_epochs=cfg.warmup_epochs, warmup_bias_lr=cfg.warmup_bias_lr,
         optimizer="AdamW",  # "auto" would ignore lr0
         hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s, hsv_v=cfg.hsv_v, degrees=cfg.degrees, translate=cfg.translate,
         scale=cfg.scale, fliplr=cfg.fliplr, flipud=cfg.flipud, auto_augment=cfg.auto_augment, erasing=cfg.erasing,

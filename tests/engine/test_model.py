@@ -179,3 +179,19 @@ def test_engine_imports_no_qt_or_torch() -> None:
 def test_image_result_from_memory(classifier) -> None:
     r = classifier.classify_image(Image.new("RGB", (50, 80), (120, 130, 140)), "defocused_blurred", path="mem")
     assert r.path == "mem" and r.ok
+
+
+@pytest.mark.parametrize(("text", "gap"), [(None, None), ("none", None), ("3.0", 3.0), ("2", 2.0)])
+def test_reducing_gap_comes_from_the_onnx_metadata(text, gap) -> None:
+    from engine.model import REDUCING_GAP_METADATA_KEY, _reducing_gap
+
+    meta = {} if text is None else {REDUCING_GAP_METADATA_KEY: text}
+    assert _reducing_gap(meta) == gap
+
+
+@pytest.mark.parametrize("text", ["three", "0.5", "nan"])
+def test_bad_reducing_gap_metadata_is_a_model_load_error(text) -> None:
+    from engine.model import REDUCING_GAP_METADATA_KEY, _reducing_gap
+
+    with pytest.raises(ModelLoadError, match=REDUCING_GAP_METADATA_KEY):
+        _reducing_gap({REDUCING_GAP_METADATA_KEY: text})

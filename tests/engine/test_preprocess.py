@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine import UnreadableImageError, load_classifier
-from engine.preprocess import InputSpec, load_model_input, open_image, preprocess
+from engine.preprocess import InputSpec, load_model_input, open_image, preprocess, to_model_image
 from tests.toydata import scene
 
 SPEC = InputSpec(size=64, resize="stretch")
@@ -84,7 +85,7 @@ def test_reduced_jpeg_decode_keeps_enough_pixels(tmp_path: Path) -> None:
 
 def test_reduced_decode_changes_probabilities_by_less_than_002(tmp_path: Path) -> None:
     clf = load_classifier()
-    full_spec = InputSpec(size=clf.spec.size, resize=clf.spec.resize, draft_factor=0)
+    full_spec = replace(clf.spec, draft_factor=0)
     worst = 0.0
     for i in range(2):
         p = tmp_path / f"d{i}.jpg"
@@ -140,3 +141,14 @@ def test_center_crop_mode_matches_ultralytics_geometry() -> None:
     assert x.shape == (3, 100, 100)
     ref = np.asarray(img.resize((150, 100), Image.Resampling.BILINEAR).crop((25, 0, 125, 100)), dtype=np.float32) / 255
     assert np.abs(x.transpose(1, 2, 0) - ref).max() < 1e-6
+
+
+def test_reducing_gap_is_pils_two_step_resize_and_none_is_plain_lanczos() -> None:
+    img = scene(7, (1500, 1000))
+    plain = to_model_image(img, InputSpec(size=224, resize="stretch", reducing_gap=None))
+    gapped = to_model_image(img, InputSpec(size=224, resize="stretch", reducing_gap=3.0))
+    lanczos = Image.Resampling.LANCZOS
+    assert np.array_equal(np.asarray(plain), np.asarray(img.resize((224, 224), lanczos)))
+    assert np.array_equal(np.asarray(gapped), np.asarray(img.resize((224, 224), lanczos, reducing_gap=3.0)))
+    diff = np.abs(np.asarray(plain, dtype=np.int16) - np.asarray(gapped, dtype=np.int16))
+    assert 0 < diff.max() and diff.mean() < 2.0  # a different resize, but nearly the same picture

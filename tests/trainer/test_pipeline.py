@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from engine import load_classifier
-from engine.preprocess import InputSpec, load_model_input
+from engine.preprocess import TRAIN_REDUCING_GAP, InputSpec, load_model_input
 from tests.toydata import write_class_folders
 from trainer.dataset import PrepareOptions, discover, infer_groups, prepare, split_by_group
 
@@ -120,6 +120,7 @@ def test_run_end_to_end_offline(tmp_path: Path) -> None:
     # the exported folder is a model the engine runs, with ONNX/PyTorch parity through the engine's preprocessing
     clf = load_classifier(model_out)
     assert clf.spec.size == 64 and clf.spec.resize == "stretch"
+    assert clf.spec.reducing_gap == TRAIN_REDUCING_GAP  # recorded at export, so the engine resizes as training did
     from trainer.export import torch_probabilities
 
     images = sorted(src.rglob("*.jpg"))[::5]
