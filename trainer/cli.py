@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--count", type=int, default=10, help="images per kind")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--contact-sheet", action="store_true")
+    sp.add_argument("--sheet-thumb", type=int, default=160, help="contact-sheet thumbnail size in px")
     sp.add_argument("--mask-dir", type=Path, help="cached person masks for the subject/background kinds")
 
     sp = sub.add_parser("shipped", help="rebuild the bundled model from ../shared/data (see models/MODEL_CARD.md)")
@@ -274,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trainer.synthesize_cmd import synthesize_folder
 
             n = synthesize_folder(args.source, args.out, args.kind, args.count, args.seed, args.contact_sheet, rep.log,
-                                  args.mask_dir)
+                                  args.mask_dir, args.sheet_thumb)
             rep.log(f"wrote {n} images to {args.out}")
             code = 0
         elif args.command == "train":

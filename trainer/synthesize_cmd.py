@@ -23,6 +23,7 @@ def synthesize_folder(
     contact_sheets: bool = False,
     log: Callable[[str], None] | None = None,
     mask_dir: Path | None = None,
+    sheet_thumb: int = 160,
 ) -> int:
     """Write `count` images per kind into `out/<class>/`, a `records.csv` of kind and strength, and sheets."""
     from trainer import synthesis
@@ -72,5 +73,6 @@ def synthesize_folder(
         w.writerows(rows)
     if contact_sheets:
         for label, items in sheets.items():
-            synthesis.contact_sheet(items[:48], str(out / f"contact_sheet_{label}.jpg"))
+            synthesis.contact_sheet(items[:48], str(out / f"contact_sheet_{label}.jpg"), thumb=sheet_thumb,
+                                    columns=max(2, 1280 // sheet_thumb))
     return written
