@@ -624,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["contention"] = "a blurflag-train process was running during this measurement"
         print("WARNING: a blurflag-train process is running: figures are under contention", file=sys.stderr)
     print(f"{cores} cores, {report['machine']['cpu']}, model {spec.size}px {spec.resize}, "
-          f"draft factor {spec.draft_factor}", file=sys.stderr)
+          f"draft factor {spec.draft_factor}, reducing gap {spec.reducing_gap}", file=sys.stderr)
 
     sets = {
         "24mp": SetSpec("24mp", 6000, 4000, args.count, (92, 95), 1, (3.0, 6.0), True),

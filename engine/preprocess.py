@@ -120,8 +120,9 @@ def _decode(img: Image.Image, spec: InputSpec | None) -> Image.Image:
         side = int(round(spec.size * spec.draft_factor))
         img.draft("RGB", (side, side))
     img.load()
-    oriented = ImageOps.exif_transpose(img)
-    return _to_rgb8(oriented if oriented is not None else img)
+    # In place: without it Pillow returns a full copy even when nothing needs turning (~1 ms per 24 MP image).
+    ImageOps.exif_transpose(img, in_place=True)
+    return _to_rgb8(img)
 
 
 def _to_rgb8(img: Image.Image) -> Image.Image:
