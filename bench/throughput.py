@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.model import BlurClassifier, EngineConfig, load_classifier  # noqa: E402
-from engine.preprocess import InputSpec, open_image, to_model_image, to_tensor  # noqa: E402
+from engine.preprocess import InputSpec, draft_side, open_image, to_model_image, to_tensor  # noqa: E402
 
 DEFAULT_SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_WORK = Path("/tmp/blurflag-bench")
@@ -206,15 +206,10 @@ def warm_page_cache(files: Sequence[Path]) -> None:
 
 
 # --------------------------------------------------------------------------- pipelines
-def draft_side(spec: InputSpec) -> int:
-    """The box `engine.preprocess` asks libjpeg's draft mode for (0: no draft)."""
-    return round(spec.size * spec.draft_factor) if spec.draft_factor > 0 else 0
-
-
 def floor_decode(path: Path, spec: InputSpec) -> tuple[int, int]:
     """Only the JPEG decoding the shipped pipeline performs, at its scale."""
     with Image.open(path) as im:
-        side = draft_side(spec)
+        side = draft_side(spec, im.size)
         if side:
             im.draft("RGB", (side, side))
         im.load()
@@ -407,12 +402,12 @@ class Variant:
     """A cheaper input pipeline to compare with full decoding."""
 
     label: str
-    draft_factor: float
+    draft_factor: float | None  # None: the model's own decoding (camera originals further down); else for every size
     # PIL's resize(reducing_gap=...): integer box reduction first. MODEL_GAP: the model's own (its metadata).
     reducing_gap: float | str | None = MODEL_GAP
 
 
-VARIANTS = (Variant("draft 1.0", 1.0), Variant("draft 2.0", 2.0), Variant("draft 3.0", 3.0), Variant("draft 4.0", 4.0),
+VARIANTS = (Variant("shipped", None), Variant("draft 1.0", 1.0), Variant("draft 2.0", 2.0), Variant("draft 3.0", 3.0), Variant("draft 4.0", 4.0),
             Variant("draft 4.0, no reducing_gap", 4.0, None), Variant("draft 4.0 + reducing_gap 2", 4.0, 2.0),
             Variant("draft 4.0 + reducing_gap 3", 4.0, 3.0))
 
@@ -424,8 +419,14 @@ def draft_check(classifier: BlurClassifier, files: Sequence[Path], variants: Seq
     (Lanczos with the reducing gap recorded in its metadata)."""
     spec = classifier.spec
 
-    def probs(f: Path, draft_factor: float, gap: float | str | None) -> np.ndarray:
-        s = replace(spec, draft_factor=draft_factor, reducing_gap=spec.reducing_gap if gap == MODEL_GAP else gap)
+    def variant_spec(draft_factor: float | None, gap: float | str | None) -> InputSpec:
+        s = replace(spec, reducing_gap=spec.reducing_gap if gap == MODEL_GAP else gap)
+        if draft_factor is not None:
+            s = replace(s, draft_factor=draft_factor, original_draft_factor=draft_factor)
+        return s
+
+    def probs(f: Path, draft_factor: float | None, gap: float | str | None) -> np.ndarray:
+        s = variant_spec(draft_factor, gap)
         return classifier.predict(to_tensor(to_model_image(open_image(f, s), s))[None])[0]
 
     diffs: dict[str, list[float]] = {v.label: [] for v in variants}
@@ -439,7 +440,7 @@ def draft_check(classifier: BlurClassifier, files: Sequence[Path], variants: Seq
             agree[v.label] += int(np.argmax(p) == np.argmax(full))
             with Image.open(f) as im:
                 w0 = im.size[0]
-                side = draft_side(replace(spec, draft_factor=v.draft_factor))
+                side = draft_side(variant_spec(v.draft_factor, v.reducing_gap), im.size)
                 if side:
                     im.draft("RGB", (side, side))
                 scales[v.label].add(f"1/{round(w0 / im.size[0])}")
@@ -558,7 +559,7 @@ def measure_set(name: str, files: list[Path], classifier: BlurClassifier, worker
     }
     with Image.open(files[0]) as im:
         w, h = im.size
-        side = draft_side(spec)
+        side = draft_side(spec, im.size)
         if side:
             im.draft("RGB", (side, side))
         out["decoded_size"] = f"{im.size[0]}x{im.size[1]} from {w}x{h}"
@@ -618,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "model": {"dir": str(model_dir), "onnx_mb": round(classifier.info.onnx_path.stat().st_size / 1e6, 2),
                   "input": spec.size, "resize": spec.resize, "draft_factor": spec.draft_factor,
+                  "original_draft_factor": spec.original_draft_factor, "original_side": spec.original_side,
                   "reducing_gap": spec.reducing_gap},
     }
     if _running("blurflag-train"):

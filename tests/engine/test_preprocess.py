@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine import UnreadableImageError, load_classifier
-from engine.preprocess import InputSpec, load_model_input, open_image, preprocess, to_model_image
+from engine.preprocess import InputSpec, draft_side, load_model_input, open_image, preprocess, to_model_image
 from tests.toydata import scene
 
 SPEC = InputSpec(size=64, resize="stretch")
@@ -152,3 +152,15 @@ def test_reducing_gap_is_pils_two_step_resize_and_none_is_plain_lanczos() -> Non
     assert np.array_equal(np.asarray(gapped), np.asarray(img.resize((224, 224), lanczos, reducing_gap=3.0)))
     diff = np.abs(np.asarray(plain, dtype=np.int16) - np.asarray(gapped, dtype=np.int16))
     assert 0 < diff.max() and diff.mean() < 2.0  # a different resize, but nearly the same picture
+
+
+def test_camera_originals_decode_further_down_than_exports(tmp_path: Path) -> None:
+    spec = InputSpec(size=224, resize="stretch")  # draft 4.0; originals above 3000 px at 2.0
+    assert draft_side(spec, (2048, 1365)) == 896 and draft_side(spec, (6000, 4000)) == 448
+    assert draft_side(replace(spec, draft_factor=0), (6000, 4000)) == 0  # 0 still means: always in full
+    assert draft_side(replace(spec, draft_factor=1.0), (6000, 4000)) == 224  # never more pixels than draft_factor
+    export, original = tmp_path / "export.jpg", tmp_path / "original.jpg"
+    Image.new("RGB", (2048, 1365), (90, 120, 150)).save(export, quality=90)
+    Image.new("RGB", (3200, 2000), (90, 120, 150)).save(original, quality=90)
+    assert open_image(export, spec).size == (2048, 1365)  # an export decodes in full, as training images did
+    assert open_image(original, spec).size == (800, 500)  # 1/4: the largest reduction keeping 2 x 224
