@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.model import SHARP
-from engine.preprocess import TRAIN_REDUCING_GAP, InputSpec
+from engine.preprocess import InputSpec
 from trainer.dataset import Job, ManifestRow, Progress, SourceImage, _slug, write_dataset
 from trainer.evaluate import Sample
 
