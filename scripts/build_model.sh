@@ -34,7 +34,7 @@ if [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
 fi
 
 # 5. Stage 2: fine-tune stage 1's best weights on a new synthesis draw of the same split (the test races stay
-#    held out), with more sharp photos and hard negatives (the false alarms of stage 1) and more motion.
+#    held out), with more sharp examples and hard negatives (the false alarms of stage 1) and more motion.
 RESUME=()
 [ -f "$WORK/ship2/dataset/manifest.csv" ] && RESUME=(--resume)
 .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
