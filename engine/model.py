@@ -15,7 +15,7 @@ from PIL import Image
 
 from engine.errors import InvalidBlurTypeError, ModelLoadError, UnreadableImageError
 from engine.paths import default_model_dir
-from engine.preprocess import DEFAULT_MAX_PIXELS, InputSpec, load_model_input, preprocess
+from engine.preprocess import DEFAULT_MAX_PIXELS, InputSpec, load_model_input, parse_reducing_gap, preprocess
 from engine.results import Classification, ImageResult
 
 #: The product's classes. Their *order* always comes from the model files; this only checks the set.
@@ -133,16 +133,10 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
 
 def _reducing_gap(metadata: dict[str, str]) -> float | None:
     """The resize's reducing gap the model was trained with; None (no reduction) when not recorded."""
-    text = metadata.get(REDUCING_GAP_METADATA_KEY, "")
-    if text in ("", "none", "None"):
-        return None
     try:
-        gap = float(text)
-    except ValueError:
-        raise ModelLoadError(f"bad {REDUCING_GAP_METADATA_KEY} {text!r} in the ONNX metadata") from None
-    if not gap >= 1.0:
-        raise ModelLoadError(f"{REDUCING_GAP_METADATA_KEY} must be >= 1, got {text!r}")
-    return gap
+        return parse_reducing_gap(metadata.get(REDUCING_GAP_METADATA_KEY))
+    except ValueError as exc:
+        raise ModelLoadError(f"bad {REDUCING_GAP_METADATA_KEY} in the ONNX metadata: {exc}") from None
 
 
 def _metadata_names(metadata: dict[str, str]) -> tuple[str, ...] | None:

@@ -70,6 +70,23 @@ class InputSpec:
         return Image.Resampling.LANCZOS if self.resize == "stretch" else Image.Resampling.BILINEAR
 
 
+def parse_reducing_gap(text: str | None) -> float | None:
+    """A reducing gap as written in metadata or on a command line: a number >= 1, or none ("", "none", None).
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if text is None or text.strip().lower() in ("", "none"):
+        return None
+    try:
+        gap = float(text)
+    except ValueError:
+        raise ValueError(f"a reducing gap is a number >= 1 or 'none', got {text!r}") from None
+    if not gap >= 1.0:
+        raise ValueError(f"a reducing gap is a number >= 1 or 'none', got {text!r}")
+    return gap
+
+
 def draft_side(spec: InputSpec, image_size: tuple[int, int]) -> int:
     """The box libjpeg's draft mode is asked to cover for an image of `image_size` (0: decode in full)."""
     if spec.draft_factor <= 0:

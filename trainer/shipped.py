@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.model import SHARP
-from engine.preprocess import InputSpec
+from engine.preprocess import InputSpec, parse_reducing_gap
 from trainer.dataset import Job, ManifestRow, Progress, SourceImage, _slug, write_dataset
 from trainer.evaluate import Sample
 
@@ -108,15 +108,10 @@ def parse_mix(items: list[str], base: Mapping[str, Mapping[str, int]] | None = N
 
 def parse_gap(text: str | None) -> float | None:
     """`--reducing-gap`: a number >= 1, or "none" (plain Lanczos over the whole decoded image)."""
-    if text is None or text.lower() == "none":
-        return None
     try:
-        gap = float(text)
-    except ValueError:
-        raise ValueError(f"--reducing-gap wants a number >= 1 or 'none', got {text!r}") from None
-    if not gap >= 1.0:
-        raise ValueError(f"--reducing-gap wants a number >= 1 or 'none', got {text!r}")
-    return gap
+        return parse_reducing_gap(text)
+    except ValueError as exc:
+        raise ValueError(f"--reducing-gap: {exc}") from None
 
 
 def plan_shipped_jobs(
