@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=$(realpath "${1:-../shared/data}")
 WORK=$(realpath -m "${2:-$HOME/blurflag-model-work}")
-HOURS=${HOURS:-1.5}
-HOURS2=${HOURS2:-1.4}
+HOURS=${HOURS:-0.95}
+HOURS2=${HOURS2:-0.7}
 mkdir -p "$WORK"
 [ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import ultralytics" 2>/dev/null || bash scripts/install.sh --train
 
@@ -30,7 +30,7 @@ if [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
   RESUME=()
   [ -f "$WORK/ship/dataset/manifest.csv" ] && RESUME=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --epochs 100 "${RESUME[@]}" | tee -a "$WORK/build.log"
+    --mask-dir "$WORK/masks" --hours "$HOURS" --epochs 100 --train-floor visible "${RESUME[@]}" | tee -a "$WORK/build.log"
 fi
 
 # 5. Stage 2: fine-tune stage 1's best weights on a new synthesis draw of the same split (the test races stay
@@ -41,6 +41,6 @@ RESUME=()
   --mask-dir "$WORK/masks" --hours "$HOURS2" --epochs 120 --weights "$WORK/ship/runs/train/weights/best.pt" \
   --lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100 \
   --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 \
-  "${RESUME[@]}" | tee -a "$WORK/build.log"
+  --train-floor visible "${RESUME[@]}" | tee -a "$WORK/build.log"
 .venv/bin/blurflag-train card "$WORK/ship2" > "$WORK/ship2/card_metrics.md"
 echo "model in $WORK/ship2/model; metrics in $WORK/ship2/card_metrics.md"

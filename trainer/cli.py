@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="training examples of one synthesis kind, overriding the recipe (repeatable)")
     sp.add_argument("--reducing-gap", default=str(TRAIN_REDUCING_GAP),
                     help=f"resize reducing gap, or 'none' (default {TRAIN_REDUCING_GAP})")
+    sp.add_argument("--train-floor", choices=("none", "visible"), default="none",
+                    help="'visible': synthesise training blur only at or above the card's clearly-visible strength "
+                         "(val and test keep the full range)")
 
     sp = sub.add_parser("train", help="fine-tune YOLOv8n-cls on a prepared dataset")
     sp.add_argument("dataset", type=Path)

@@ -64,6 +64,7 @@ class Job:
     kind: str = "original"  # original | augmented | a synthesis kind
     seed: int = 0
     out_name: str = ""
+    min_strength_px: float = 0.0  # synthesis kinds: draw strengths from max(range low end, this) up
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,11 @@ def _synthesise(
         mask = person_mask(base, job.source.path, mask_dir)
         if mask is None:
             raise ValueError(f"no person mask for {job.source.path.name}")
-    blurred, record = synthesis.synthesize(base, job.kind, rng, mask=mask)
+    strength = None
+    lo, hi = synthesis.strength_range(job.kind)
+    if job.min_strength_px > lo:
+        strength = float(rng.uniform(min(job.min_strength_px, hi), hi))
+    blurred, record = synthesis.synthesize(base, job.kind, rng, strength_px=strength, mask=mask)
     if record.label != job.label:
         raise ValueError(f"synthesis kind {job.kind} makes {record.label}, not {job.label}")
     if rng.random() < 0.4:  # pin-sharp overlays on every class, so an overlay never means "sharp"

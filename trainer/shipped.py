@@ -15,12 +15,13 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from engine.model import SHARP
 from engine.preprocess import InputSpec, parse_reducing_gap
+from trainer.card import VISIBLE_PX
 from trainer.dataset import Job, ManifestRow, Progress, SourceImage, _slug, write_dataset
 from trainer.evaluate import Sample
 
@@ -120,9 +121,11 @@ def plan_shipped_jobs(
     seed: int = 0,
     scale: float = 1.0,
     mix: Mapping[str, Mapping[str, int]] | None = None,
+    train_floor: Mapping[str, float] | None = None,
 ) -> list[Job]:
     """Jobs for every split: train per `mix` (default TRAIN_MIX) times `scale`, val a quarter of it, test
-    TEST_PER_KIND per kind."""
+    TEST_PER_KIND per kind. `train_floor` (kind -> px at 2048) keeps training blur at or above a strength;
+    val and test keep the full range, so recall below it is still measured."""
     rng = random.Random(seed)
     jobs: list[Job] = []
     for split, items in splits.items():
@@ -144,12 +147,10 @@ def plan_shipped_jobs(
                     order = list(pool)
                     rng.shuffle(order)
                     picks = [order[i % len(order)] for i in range(n)]
+                floor = (train_floor or {}).get(kind, 0.0) if split == "train" else 0.0
                 for src in picks:
-                    jobs.append(Job(split, label, src, kind, rng.randrange(2**31)))
-    return [
-        Job(j.split, j.label, j.source, j.kind, j.seed, f"{k:06d}_{_slug(j.source.path.stem)}_{j.kind}.png")
-        for k, j in enumerate(jobs)
-    ]
+                    jobs.append(Job(split, label, src, kind, rng.randrange(2**31), min_strength_px=floor))
+    return [replace(j, out_name=f"{k:06d}_{_slug(j.source.path.stem)}_{j.kind}.png") for k, j in enumerate(jobs)]
 
 
 def build_shipped_dataset(
@@ -163,6 +164,7 @@ def build_shipped_dataset(
     progress: Progress | None = None,
     synth_seed: int = 0,
     mix: Mapping[str, Mapping[str, int]] | None = None,
+    train_floor: Mapping[str, float] | None = None,
 ) -> list[ManifestRow]:
     """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
 
@@ -176,7 +178,7 @@ def build_shipped_dataset(
             return True
         return masks.load_shared_mask(s.path) is not None
 
-    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix)
+    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for j in jobs:
         counts[(j.split, j.kind)] += 1
@@ -214,6 +216,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         raise FileNotFoundError(f"weights file not found: {weights}")
     spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=parse_gap(getattr(args, "reducing_gap", None)))
     mix = parse_mix(getattr(args, "mix", []) or [])
+    train_floor = VISIBLE_PX if getattr(args, "train_floor", "none") == "visible" else None
     if args.resume and (dataset / "manifest.csv").exists():
         rows = read_manifest(dataset)
         spec = read_dataset_spec(dataset)  # what the dataset was made with, whatever the options say now
@@ -223,7 +226,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
             shutil.rmtree(dataset)
         rep.emit("step", step="prepare", index=1, total=4)
         rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log,
-                                     getattr(args, "synth_seed", 0), mix)
+                                     getattr(args, "synth_seed", 0), mix, train_floor)
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:

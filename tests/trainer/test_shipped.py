@@ -6,12 +6,15 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.model import SHARP
+from engine.preprocess import InputSpec
 from trainer.cli import main as train_main
 from trainer.dataset import SourceImage
 from trainer.shipped import TRAIN_MIX, parse_gap, parse_mix, plan_shipped_jobs
+from trainer.synthesis import strength_range
 
 
 def _splits() -> dict[str, list[SourceImage]]:
@@ -54,6 +57,38 @@ def test_plan_follows_the_mix_and_the_synthesis_seed_only_changes_the_draw() -> 
     assert [j.seed for j in other] != [j.seed for j in jobs]
     for split in ("train", "val", "test"):  # a different draw never moves a photo into another split
         assert {j.source for j in other if j.split == split} <= set(splits[split])
+
+
+def test_train_floor_applies_to_training_jobs_only() -> None:
+    floor = {"defocus": 8.0, "shake": 24.0}
+    jobs = plan_shipped_jobs(_splits(), lambda s: True, seed=1, train_floor=floor)
+    for j in jobs:
+        want = floor.get(j.kind, 0.0) if j.split == "train" else 0.0
+        assert j.min_strength_px == want, j
+    assert any(j.min_strength_px == 8.0 for j in jobs) and any(j.min_strength_px == 24.0 for j in jobs)
+
+
+def test_floored_jobs_synthesise_blur_at_or_above_the_floor(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from trainer.dataset import Job, make_example
+
+    src = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 450, 3), dtype=np.uint8)).save(src)
+    spec = InputSpec(size=64, resize="stretch")
+    lo, hi = strength_range("defocus")
+    got = []
+    for seed in range(6):
+        job = Job("train", "defocused_blurred", SourceImage(src, SHARP, "g"), "defocus", seed, f"{seed}.png",
+                  min_strength_px=lo + 0.8 * (hi - lo))
+        row = make_example(job, tmp_path / "out", spec, None)
+        assert not row.error and (tmp_path / "out" / row.file).is_file()
+        got.append(row.strength_px)
+    assert min(got) >= lo + 0.8 * (hi - lo) - 0.01 and max(got) <= hi
+    free = make_example(Job("train", "defocused_blurred", SourceImage(src, SHARP, "g"), "defocus", 1, "f.png"),
+                        tmp_path / "out", spec, None)
+    assert lo <= free.strength_px <= hi
 
 
 @pytest.fixture
