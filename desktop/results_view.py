@@ -27,7 +27,7 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidge
 
 from desktop.inference_worker import Outcome
 from desktop.threads import stop_thread
-from engine.results import ImageResult
+from engine.store import StoredResult
 
 SHARP = "sharp"
 THUMB_SIZE = 48
@@ -53,20 +53,12 @@ def nice_name(class_name: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class Row:
-    """What the table knows about one file."""
-
-    path: str
-    result: ImageResult
-    size: int
-    mtime_ns: int
-    classified_at: float
-    override: str | None = None
+class Row(StoredResult):
+    """What the table knows about one file: its stored result (the override included), read for a blur type."""
 
     @property
-    def label(self) -> str | None:
-        """The class that counts: the user's override, else the model's top class."""
-        return self.override or self.result.top_class
+    def path(self) -> str:
+        return self.result.path
 
     def flagged(self, blur_type: str | None) -> bool:
         """Flagged for the chosen blur type, or (all-classes mode) for any blur."""
@@ -168,7 +160,7 @@ class ResultsModel(QAbstractTableModel):
         new: dict[str, Row] = {}  # insertion-ordered; a path twice in one batch keeps its latest result
         for o in outcomes:
             path = o.result.path
-            row = Row(path, o.result, o.size, o.mtime_ns, o.classified_at, self._overrides.get(path))
+            row = Row(o.result, o.size, o.mtime_ns, o.classified_at, self._overrides.get(path))
             i = self._index.get(path)
             if i is None:
                 new[path] = row
@@ -194,7 +186,7 @@ class ResultsModel(QAbstractTableModel):
             self.remove(new)
             i = self._index[old]
         row = self._rows[i]
-        self._rows[i] = replace(row, path=new, result=replace(row.result, path=new))
+        self._rows[i] = replace(row, result=replace(row.result, path=new))
         del self._index[old]
         self._index[new] = i
         if old in self._overrides:

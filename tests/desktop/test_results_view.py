@@ -60,7 +60,8 @@ def test_flags_overrides_and_filter(qtbot) -> None:
 
 def test_row_label_prefers_the_override() -> None:
     o = _outcome("/x.jpg", "sharp")
-    row = Row("/x.jpg", o.result, 1, 2, 3.0, "defocused_blurred")
+    row = Row(o.result, 1, 2, 3.0, "defocused_blurred")
+    assert row.path == "/x.jpg"
     assert row.label == "defocused_blurred" and row.flagged("defocused_blurred") and not row.flagged("motion_blurred")
 
 
