@@ -309,11 +309,7 @@ def _synthesise(
         mask = person_mask(base, job.source.path, mask_dir)
         if mask is None:
             raise ValueError(f"no person mask for {job.source.path.name}")
-    strength = None
-    lo, hi = synthesis.strength_range(job.kind)
-    if job.min_strength_px > lo:
-        strength = float(rng.uniform(min(job.min_strength_px, hi), hi))
-    blurred, record = synthesis.synthesize(base, job.kind, rng, strength_px=strength, mask=mask)
+    blurred, record = synthesis.synthesize(base, job.kind, rng, mask=mask, min_strength_px=job.min_strength_px)
     if record.label != job.label:
         raise ValueError(f"synthesis kind {job.kind} makes {record.label}, not {job.label}")
     if rng.random() < 0.4:  # pin-sharp overlays on every class, so an overlay never means "sharp"

@@ -454,6 +454,7 @@ def synthesize(
     rng: np.random.Generator,
     strength_px: float | None = None,
     mask: np.ndarray | None = None,
+    min_strength_px: float = 0.0,
 ) -> tuple[np.ndarray, SynthRecord]:
     """Apply one synthetic blur (or hard-negative effect) to a sharp RGB image.
 
@@ -463,6 +464,8 @@ def synthesize(
         rng: the random source (every random choice is drawn from it).
         strength_px: blur size at a 2048-px long side; None draws from `strength_range(kind)`.
         mask: HxW person mask (1.0 or 255 = person), required for `MASK_KINDS`.
+        min_strength_px: when drawing the strength, start the range here if that is above its low end
+            (e.g. training only on visible blur); ignored when `strength_px` is given.
 
     Returns:
         The new HxWx3 uint8 RGB image (not yet finished: call `finish`) and its record.
@@ -484,6 +487,7 @@ def synthesize(
             raise ValueError(f"kind {kind!r} needs a person mask, but the mask is empty")
     if strength_px is None:
         lo, hi = _STRENGTH_RANGES[kind]
+        lo = min(max(lo, min_strength_px), hi)
         strength = float(rng.uniform(lo, hi)) if hi > lo else lo
     else:
         strength = float(strength_px)
