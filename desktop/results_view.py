@@ -27,9 +27,9 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidge
 
 from desktop.inference_worker import Outcome
 from desktop.threads import stop_thread
+from engine.model import SHARP
 from engine.store import StoredResult
 
-SHARP = "sharp"
 THUMB_SIZE = 48
 _NICE_NAMES = {
     "sharp": "Sharp",

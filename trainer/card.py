@@ -34,35 +34,46 @@ def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def card_metrics(work: Path) -> str:
-    """Markdown tables for the model card, from WORK/evaluation_{test,val,triplets}.json."""
-    work = Path(work)
-    test = _load(work / "evaluation_test.json")
-    preds = test["predictions"]
-    lines = ["### Held-out test split (races never trained on or used for model selection)", ""]
-    real_race = [p for p in preds if p["kind"] == "clean" and p["group"].startswith(("race", "bibnumber"))]
-    flagged = sum(p["top_class"] != "sharp" for p in real_race)
-    lines.append("| check | target | result |")
-    lines.append("|---|---|---|")
-    lines.append(f"| real sharp race photos (held-out races) flagged as any blur | ≤ 1% | {_fmt(wilson(flagged, len(real_race)))} |")
-    other_sharp = [p for p in preds if p["kind"] == "clean" and not p["group"].startswith(("race", "bibnumber"))]
-    real_bokeh = [p for p in other_sharp if p["group"].startswith("cuhk")]
-    lines.append(f"| real bokeh photos (CUHK samples) flagged | ≤ 2% | {_fmt(wilson(sum(p['top_class'] != 'sharp' for p in real_bokeh), len(real_bokeh)))} |")
-    rest = [p for p in other_sharp if not p["group"].startswith("cuhk")]
-    lines.append(f"| other real sharp photos (Kwentar scenes, people) flagged | — | {_fmt(wilson(sum(p['top_class'] != 'sharp' for p in rest), len(rest)))} |")
+def _flagged(preds: list[dict[str, Any]]) -> tuple[int, int]:
+    return sum(p["top_class"] != "sharp" for p in preds), len(preds)
+
+
+def headline(preds: list[dict[str, Any]]) -> list[tuple[str, str, int, int]]:
+    """The card's target checks on one split's predictions: (check, target, count, total) rows."""
+    clean = [p for p in preds if p["kind"] == "clean"]
+    real_race = [p for p in clean if p["group"].startswith(("race", "bibnumber"))]
+    other_sharp = [p for p in clean if not p["group"].startswith(("race", "bibnumber"))]
+    rows = [
+        ("real sharp race photos (held-out races) flagged as any blur", "≤ 1%", *_flagged(real_race)),
+        ("real bokeh photos (CUHK samples) flagged", "≤ 2%",
+         *_flagged([p for p in other_sharp if p["group"].startswith("cuhk")])),
+        ("other real sharp photos (Kwentar scenes, people) flagged", "—",
+         *_flagged([p for p in other_sharp if not p["group"].startswith("cuhk")])),
+    ]
     for kind in ("bokeh", "panning", "high_iso"):
-        ps = [p for p in preds if p["kind"] == kind]
-        target = "≤ 2%" if kind != "high_iso" else "—"
-        lines.append(f"| synthetic {kind} negatives flagged | {target} | {_fmt(wilson(sum(p['top_class'] != 'sharp' for p in ps), len(ps)))} |")
+        rows.append((f"synthetic {kind} negatives flagged", "≤ 2%" if kind != "high_iso" else "—",
+                     *_flagged([p for p in preds if p["kind"] == kind])))
     per_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for kind, thr in VISIBLE_PX.items():
         ps = [p for p in preds if p["kind"] == kind and p["strength_px"] >= thr]
         right = sum(p["top_class"] == p["label"] for p in ps)
         per_type[BLUR_OF_KIND[kind]][0] += right
         per_type[BLUR_OF_KIND[kind]][1] += len(ps)
-        lines.append(f"| synthetic {kind} ≥ {thr:g} px, right type | ≥ 97% | {_fmt(wilson(right, len(ps)))} |")
+        rows.append((f"synthetic {kind} ≥ {thr:g} px, right type", "≥ 97%", right, len(ps)))
     for t, (k, n) in sorted(per_type.items()):
-        lines.append(f"| **{t}** (all its kinds, visible strength) | ≥ 97% | {_fmt(wilson(k, n))} |")
+        rows.append((f"**{t}** (all its kinds, visible strength)", "≥ 97%", k, n))
+    return rows
+
+
+def card_metrics(work: Path) -> str:
+    """Markdown tables for the model card, from WORK/evaluation_{test,val,triplets}.json."""
+    work = Path(work)
+    test = _load(work / "evaluation_test.json")
+    lines = ["### Held-out test split (races never trained on or used for model selection)", ""]
+    lines.append("| check | target | result |")
+    lines.append("|---|---|---|")
+    for check, target, k, n in headline(test["predictions"]):
+        lines.append(f"| {check} | {target} | {_fmt(wilson(k, n))} |")
     trip = _load(work / "evaluation_triplets.json")
     right = sum(p["top_class"] == p["label"] for p in trip["predictions"])
     lines.append(f"| the three real Kwentar triplets (9 photos) | 9/9 | {right}/{len(trip['predictions'])} |")
@@ -85,6 +96,62 @@ def card_metrics(work: Path) -> str:
         fp = ev["sharp_false_positive_rate"]
         lines.append("")
         lines.append(f"Sharp false-positive rate ({split}): {_fmt(Interval(**fp))}")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(k: int, n: int) -> str:
+    return f"{k / n:.1%} ({k}/{n})" if n else "n/a"
+
+
+def compare_evaluations(named: list[tuple[str, dict[str, Any]]]) -> str:
+    """Markdown: the card's checks, recall by strength and paired differences for several models evaluated on
+    the same split of the same jobs (e.g. one dataset rendered at two input sizes: its file names match)."""
+    if len(named) < 2:
+        raise ValueError("compare needs at least two evaluations")
+    names = [n for n, _ in named]
+    preds = [ev["predictions"] for _, ev in named]
+    lines = ["| check | target | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    rows = [headline(p) for p in preds]
+    for i, (check, target, _, _) in enumerate(rows[0]):
+        lines.append(f"| {check} | {target} | " + " | ".join(_cell(r[i][2], r[i][3]) for r in rows) + " |")
+    for title, pick in (("all sharp images flagged", lambda p: p["label"] == "sharp"),
+                        ("top-1, all images", None)):
+        cells = []
+        for ps in preds:
+            if pick is None:
+                cells.append(_cell(sum(p["top_class"] == p["label"] for p in ps), len(ps)))
+            else:
+                cells.append(_cell(*_flagged([p for p in ps if pick(p)])))
+        lines.append(f"| {title} | — | " + " | ".join(cells) + " |")
+    lines += ["", "Right class by blur strength (px at a 2048-px long side):", "",
+              "| kind | strength | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    kinds = sorted({k for _, ev in named for k in ev.get("by_strength", {})})
+    for kind in kinds:
+        bins = list(named[0][1].get("by_strength", {}).get(kind, {}))
+        for b in bins:
+            cells = []
+            for _, ev in named:
+                v = ev.get("by_strength", {}).get(kind, {}).get(b)
+                cells.append(f"{v['count']}/{v['total']}" if v else "n/a")
+            lines.append(f"| {kind} | {b} | " + " | ".join(cells) + " |")
+    keyed = [{Path(p["path"]).name: p for p in ps} for ps in preds]
+    if all(set(k) == set(keyed[0]) for k in keyed[1:]):
+        lines += ["", f"Paired, {names[0]} against each other model on the same {len(keyed[0])} images "
+                  "(right only in the first / right only in the other):", ""]
+        for name, other in zip(names[1:], keyed[1:], strict=True):
+            for title, pick in (("sharp", lambda p: p["label"] == "sharp"),
+                                ("visible blur", lambda p: p["label"] != "sharp"
+                                 and p["strength_px"] >= VISIBLE_PX.get(p["kind"], 0.0))):
+                a_only = b_only = 0
+                for key, p in keyed[0].items():
+                    if not pick(p):
+                        continue
+                    a, b = p["top_class"] == p["label"], other[key]["top_class"] == p["label"]
+                    a_only += a and not b
+                    b_only += b and not a
+                lines.append(f"- {title}: {names[0]} only {a_only}, {name} only {b_only}")
+    else:
+        lines += ["", "(no paired counts: the evaluations are not on the same image names)"]
     return "\n".join(lines) + "\n"
 
 

@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("card", help="model-card metrics (Markdown) from a `shipped` work folder")
     sp.add_argument("work", type=Path)
 
+    sp = sub.add_parser("compare", help="side-by-side metrics (Markdown) of models evaluated on the same split")
+    sp.add_argument("evaluations", nargs="+", metavar="NAME=EVAL.json",
+                    help="an `evaluate --json` (or `shipped`) report, with a column name")
+
     sp = sub.add_parser("prepare", help="split by group, synthesise/balance, write an ImageFolder dataset")
     sp.add_argument("source", type=Path)
     sp.add_argument("out", type=Path)
@@ -260,6 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trainer.shipped import rebuild_shipped_model
 
             code = rebuild_shipped_model(args, rep, stop)
+        elif args.command == "compare":
+            from trainer.card import compare_evaluations
+
+            named = []
+            for item in args.evaluations:
+                name, sep, path = item.partition("=")
+                if not sep or not name or not path:
+                    raise ValueError(f"compare wants NAME=EVAL.json; got {item!r}")
+                named.append((name, json.loads(Path(path).read_text(encoding="utf-8"))))
+            print(compare_evaluations(named), end="")
+            code = 0
         elif args.command == "card":
             from trainer.card import card_metrics
 
@@ -319,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stop.is_set():
         rep.emit("error", message="cancelled")
         return 130
-    if args.command not in ("run", "card"):  # `run`: "done" stays the last event; `card`: pure Markdown
+    if args.command not in ("run", "card", "compare"):  # `run`: "done" is the last event; Markdown stays pure
         rep.log(f"finished in {time.monotonic() - start:.0f} s")
     return code
 

@@ -1,0 +1,84 @@
+"""Model-card metrics and the side-by-side comparison, on hand-made evaluation reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.card import compare_evaluations, headline
+
+
+def _pred(name: str, label: str, kind: str, top: str, strength: float = 0.0, group: str = "scene:a") -> dict:
+    return {"path": f"/data/{name}.png", "label": label, "kind": kind, "strength_px": strength, "group": group,
+            "top_class": top, "probabilities": {}}
+
+
+def _report(preds: list[dict], by_strength: dict | None = None) -> dict:
+    return {"predictions": preds, "by_strength": by_strength or {}}
+
+
+def _two_models() -> tuple[dict, dict]:
+    common = [
+        _pred("race1", "sharp", "clean", "sharp", group="race05/runnerbar"),
+        _pred("race2", "sharp", "clean", "motion_blurred", group="race05/runnerbar"),
+        _pred("bokeh1", "sharp", "bokeh", "sharp", 20.0),
+        _pred("faint", "defocused_blurred", "defocus", "sharp", 5.0),  # below the visible floor: not counted
+    ]
+    a = common + [
+        _pred("d1", "defocused_blurred", "defocus", "defocused_blurred", 12.0),
+        _pred("d2", "defocused_blurred", "defocus", "sharp", 9.0),
+        _pred("m1", "motion_blurred", "shake", "motion_blurred", 30.0),
+    ]
+    b = [dict(p) for p in common] + [
+        _pred("d1", "defocused_blurred", "defocus", "sharp", 12.0),
+        _pred("d2", "defocused_blurred", "defocus", "defocused_blurred", 9.0),
+        _pred("m1", "motion_blurred", "shake", "defocused_blurred", 30.0),  # wrong type is a miss
+    ]
+    b[1]["top_class"] = "sharp"  # model B does not flag race2
+    return _report(a, {"defocus": {"8-12px": {"count": 0, "total": 1}}}), \
+        _report(b, {"defocus": {"8-12px": {"count": 1, "total": 1}}})
+
+
+def test_headline_counts_visible_blur_and_flagged_sharp():
+    a, _ = _two_models()
+    rows = {check: (k, n) for check, _, k, n in headline(a["predictions"])}
+    assert rows["real sharp race photos (held-out races) flagged as any blur"] == (1, 2)
+    assert rows["synthetic bokeh negatives flagged"] == (0, 1)
+    assert rows["synthetic defocus ≥ 8 px, right type"] == (1, 2)  # the 5-px example is below the floor
+    assert rows["**motion_blurred** (all its kinds, visible strength)"] == (1, 1)
+
+
+def test_compare_puts_models_side_by_side_with_paired_counts():
+    a, b = _two_models()
+    md = compare_evaluations([("224", a), ("320", b)])
+    assert "| check | target | 224 | 320 |" in md
+    assert "| real sharp race photos (held-out races) flagged as any blur | ≤ 1% | 50.0% (1/2) | 0.0% (0/2) |" in md
+    assert "| defocus | 8-12px | 0/1 | 1/1 |" in md
+    assert "- sharp: 224 only 0, 320 only 1" in md
+    assert "- visible blur: 224 only 2, 320 only 1" in md
+
+
+def test_compare_without_matching_images_skips_paired_counts():
+    a, b = _two_models()
+    b["predictions"] = b["predictions"][:-1]
+    assert "no paired counts" in compare_evaluations([("a", a), ("b", b)])
+    with pytest.raises(ValueError):
+        compare_evaluations([("a", a)])
+
+
+def test_compare_command_prints_markdown_and_rejects_bad_arguments(tmp_path: Path):
+    a, b = _two_models()
+    (tmp_path / "a.json").write_text(json.dumps(a), encoding="utf-8")
+    (tmp_path / "b.json").write_text(json.dumps(b), encoding="utf-8")
+    cmd = [sys.executable, "-m", "trainer.cli", "compare"]
+    ok = subprocess.run(cmd + [f"A={tmp_path / 'a.json'}", f"B={tmp_path / 'b.json'}"],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("| check | target | A | B |")
+    bad = subprocess.run(cmd + [str(tmp_path / "a.json"), f"B={tmp_path / 'b.json'}"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "NAME=EVAL.json" in bad.stderr
