@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -246,6 +247,16 @@ def _merge_sources(source: Path, extras: Sequence[Path], dest: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `blurflag-train`."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of our output went away (`blurflag-train card WORK | head`): stop quietly, and keep Python
+        # from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     rep = Reporter(getattr(args, "events", False), sys.stdout)
     stop = threading.Event()
@@ -317,15 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trainer.evaluate import evaluate, format_report, write_report
 
             ev = evaluate(args.model_dir, args.dataset, args.split)
-            print(format_report(ev))
-            if args.json:
+            if args.json:  # before printing, so a reader that stops early (`| head`) does not lose it
                 write_report(ev, args.json)
+            print(format_report(ev))
             code = 0
         else:  # pragma: no cover - argparse rejects unknown commands
             code = 2
     except InterruptedError:
         rep.emit("error", message="cancelled")
         return 130
+    except BrokenPipeError:
+        raise
     except (FileNotFoundError, ValueError, RuntimeError, FileExistsError, OSError) as exc:
         rep.emit("error", message=str(exc))
         if not rep.events:

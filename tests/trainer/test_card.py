@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,18 @@ def test_compare_command_prints_markdown_and_rejects_bad_arguments(tmp_path: Pat
     bad = subprocess.run(cmd + [str(tmp_path / "a.json"), f"B={tmp_path / 'b.json'}"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "NAME=EVAL.json" in bad.stderr
+
+
+def test_a_reader_that_went_away_gets_no_error_message(tmp_path: Path):
+    a, b = _two_models()
+    (tmp_path / "a.json").write_text(json.dumps(a), encoding="utf-8")
+    (tmp_path / "b.json").write_text(json.dumps(b), encoding="utf-8")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` that has already exited: every write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "trainer.cli", "compare", f"A={tmp_path / 'a.json'}",
+                               f"B={tmp_path / 'b.json'}"], stdout=write_end, stderr=subprocess.PIPE, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert proc.stderr == b""  # neither a traceback nor "error: Broken pipe"
