@@ -283,7 +283,10 @@ def _main(argv: Sequence[str] | None) -> int:
                 name, sep, path = item.partition("=")
                 if not sep or not name or not path:
                     raise ValueError(f"compare wants NAME=EVAL.json; got {item!r}")
-                named.append((name, json.loads(Path(path).read_text(encoding="utf-8"))))
+                report = json.loads(Path(path).read_text(encoding="utf-8"))
+                if not isinstance(report, dict) or not isinstance(report.get("predictions"), list):
+                    raise ValueError(f"{path}: not a report of `blurflag-train evaluate --json`")
+                named.append((name, report))
             print(compare_evaluations(named), end="")
             code = 0
         elif args.command == "card":

@@ -83,6 +83,10 @@ def test_compare_command_prints_markdown_and_rejects_bad_arguments(tmp_path: Pat
     bad = subprocess.run(cmd + [str(tmp_path / "a.json"), f"B={tmp_path / 'b.json'}"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "NAME=EVAL.json" in bad.stderr
+    (tmp_path / "other.json").write_text(json.dumps({"names": []}), encoding="utf-8")
+    other = subprocess.run(cmd + [f"A={tmp_path / 'a.json'}", f"X={tmp_path / 'other.json'}"],
+                           capture_output=True, text=True, check=False)
+    assert other.returncode == 1 and "not a report" in other.stderr
 
 
 def test_a_reader_that_went_away_gets_no_error_message(tmp_path: Path):
