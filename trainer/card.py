@@ -114,15 +114,10 @@ def compare_evaluations(named: list[tuple[str, dict[str, Any]]]) -> str:
     rows = [headline(p) for p in preds]
     for i, (check, target, _, _) in enumerate(rows[0]):
         lines.append(f"| {check} | {target} | " + " | ".join(_cell(r[i][2], r[i][3]) for r in rows) + " |")
-    for title, pick in (("all sharp images flagged", lambda p: p["label"] == "sharp"),
-                        ("top-1, all images", None)):
-        cells = []
-        for ps in preds:
-            if pick is None:
-                cells.append(_cell(sum(p["top_class"] == p["label"] for p in ps), len(ps)))
-            else:
-                cells.append(_cell(*_flagged([p for p in ps if pick(p)])))
-        lines.append(f"| {title} | — | " + " | ".join(cells) + " |")
+    flagged = [_cell(*_flagged([p for p in ps if p["label"] == "sharp"])) for ps in preds]
+    top1 = [_cell(sum(p["top_class"] == p["label"] for p in ps), len(ps)) for ps in preds]
+    lines.append("| all sharp images flagged | — | " + " | ".join(flagged) + " |")
+    lines.append("| top-1, all images | — | " + " | ".join(top1) + " |")
     lines += ["", "Right class by blur strength (px at a 2048-px long side):", "",
               "| kind | strength | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     kinds = sorted({k for _, ev in named for k in ev.get("by_strength", {})})
