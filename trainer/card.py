@@ -129,7 +129,9 @@ def compare_evaluations(named: list[tuple[str, dict[str, Any]]]) -> str:
                 v = ev.get("by_strength", {}).get(kind, {}).get(b)
                 cells.append(f"{v['count']}/{v['total']}" if v else "n/a")
             lines.append(f"| {kind} | {b} | " + " | ".join(cells) + " |")
-    keyed = [{Path(p["path"]).name: p for p in ps} for ps in preds]
+    # Paired by class folder and file name: one dataset rendered twice (e.g. at two input sizes) pairs up, and two
+    # photos of the same name in different class folders stay two images.
+    keyed = [{Path(p["path"]).parts[-2:]: p for p in ps} for ps in preds]
     if all(set(k) == set(keyed[0]) for k in keyed[1:]):
         lines += ["", f"Paired, {names[0]} against each other model on the same {len(keyed[0])} images "
                   "(right only in the first / right only in the other):", ""]

@@ -71,6 +71,17 @@ def test_compare_without_matching_images_skips_paired_counts():
         compare_evaluations([("a", a)])
 
 
+def test_paired_counts_keep_same_named_photos_of_two_classes_apart():
+    def rep(top_sharp: str, top_blur: str) -> dict:
+        return _report([{**_pred("x", "sharp", "clean", top_sharp), "path": "/d/val/sharp/IMG_1.jpg"},
+                        {**_pred("x", "motion_blurred", "shake", top_blur, 30.0),
+                         "path": "/d/val/motion_blurred/IMG_1.jpg"}])
+    md = compare_evaluations([("a", rep("sharp", "sharp")), ("b", rep("motion_blurred", "motion_blurred"))])
+    assert "on the same 2 images" in md
+    assert "- sharp: a only 1, b only 0" in md
+    assert "- visible blur: a only 0, b only 1" in md
+
+
 def test_compare_command_prints_markdown_and_rejects_bad_arguments(tmp_path: Path):
     a, b = _two_models()
     (tmp_path / "a.json").write_text(json.dumps(a), encoding="utf-8")
