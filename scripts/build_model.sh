@@ -18,6 +18,8 @@ SHARED=$(realpath "${1:-../shared/data}")
 WORK=$(realpath -m "${2:-$HOME/blurflag-model-work}")
 HOURS=${HOURS:-0.95}
 HOURS2=${HOURS2:-0.7}
+SCALE=${SCALE:-1}    # training-set size factor of stage 1 (more synthesis draws of the same photos)
+SCALE2=${SCALE2:-1}  # the same for stage 2
 mkdir -p "$WORK"
 [ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import ultralytics" 2>/dev/null || bash scripts/install.sh --train
 
@@ -32,7 +34,7 @@ if [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
   RESUME=()
   [ -f "$WORK/ship/dataset/manifest.csv" ] && RESUME=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --epochs 100 --train-floor visible "${RESUME[@]}" | tee -a "$WORK/build.log"
+    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs 100 --train-floor visible "${RESUME[@]}" | tee -a "$WORK/build.log"
 fi
 
 # 5. Stage 2: fine-tune stage 1's best weights on a new synthesis draw of the same split (the test races stay
@@ -40,7 +42,7 @@ fi
 RESUME=()
 [ -f "$WORK/ship2/dataset/manifest.csv" ] && RESUME=(--resume)
 .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
-  --mask-dir "$WORK/masks" --hours "$HOURS2" --epochs 120 --weights "$WORK/ship/runs/train/weights/best.pt" \
+  --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs 120 --weights "$WORK/ship/runs/train/weights/best.pt" \
   --lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100 \
   --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 \
   --train-floor visible "${RESUME[@]}" | tee -a "$WORK/build.log"
