@@ -5,6 +5,7 @@
 #   2. fine-tuning stage 1's best weights on a fresh synthesis draw (synthesis seed 1) with more sharp examples
 #      and more motion, HOURS2 of training (default 0.7), at a lower learning rate.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
+# HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments.
 # Measured: 1 h 33 min wall time in all. Re-running it after an interruption resumes: masks are cached, datasets
 # are reused, and training continues from the last checkpoint of the stage that was running.
 #
