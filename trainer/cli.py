@@ -123,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="training examples of one synthesis kind, overriding the recipe (repeatable)")
     sp.add_argument("--reducing-gap", default=str(TRAIN_REDUCING_GAP),
                     help=f"resize reducing gap, or 'none' (default {TRAIN_REDUCING_GAP})")
+    sp.add_argument("--crop-scale", type=float, default=None,
+                    help="train-time RandomResizedCrop area from (1 - CROP_SCALE, 1); default 0.1; 0: none")
+    sp.add_argument("--lens-softness", type=float, default=0.0, metavar="PX",
+                    help="finishing: mild lens softness on half of all examples, sigma up to PX at 2048 px (0: off)")
     sp.add_argument("--train-floor", choices=("none", "visible"), default="none",
                     help="'visible': synthesise training blur only at or above the card's clearly-visible strength "
                          "(val and test keep the full range)")

@@ -65,6 +65,7 @@ class Job:
     seed: int = 0
     out_name: str = ""
     min_strength_px: float = 0.0  # synthesis kinds: draw strengths from max(range low end, this) up
+    lens_softness_px: float = 0.0  # synthesis kinds: max sigma (px at 2048) of lens_softness; 0 = none
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,10 @@ def _synthesise(
     blurred, record = synthesis.synthesize(base, job.kind, rng, mask=mask, min_strength_px=job.min_strength_px)
     if record.label != job.label:
         raise ValueError(f"synthesis kind {job.kind} makes {record.label}, not {job.label}")
+    lens: dict[str, float] = {}
+    if job.lens_softness_px > 0:  # optics, before the overlays burned in at export
+        scale = float(record.params["scale"])
+        blurred, lens = synthesis.lens_softness(blurred, rng, job.lens_softness_px, scale)
     if rng.random() < 0.4:  # pin-sharp overlays on every class, so an overlay never means "sharp"
         blurred = synthesis.add_overlay(blurred, rng)
     jpeg, finish_params = synthesis.finish(blurred, rng)
@@ -320,7 +325,7 @@ def _synthesise(
     synth_path.parent.mkdir(parents=True, exist_ok=True)
     synth_path.write_bytes(jpeg)
     img = open_image(synth_path, spec)  # decoded exactly as the engine decodes a user's JPEG
-    params = {**record.params, **finish_params}
+    params = {**record.params, **lens, **finish_params}
     return img, replace(row, strength_px=round(record.strength_px, 2), synth_file=str(synth_rel), params=json.dumps(params))
 
 

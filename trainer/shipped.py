@@ -122,10 +122,12 @@ def plan_shipped_jobs(
     scale: float = 1.0,
     mix: Mapping[str, Mapping[str, int]] | None = None,
     train_floor: Mapping[str, float] | None = None,
+    lens_softness_px: float = 0.0,
 ) -> list[Job]:
     """Jobs for every split: train per `mix` (default TRAIN_MIX) times `scale`, val a quarter of it, test
     TEST_PER_KIND per kind. `train_floor` (kind -> px at 2048) keeps training blur at or above a strength;
-    val and test keep the full range, so recall below it is still measured."""
+    val and test keep the full range, so recall below it is still measured. `lens_softness_px` (max sigma at
+    2048 px, see synthesis.lens_softness) applies to every job of every split alike."""
     rng = random.Random(seed)
     jobs: list[Job] = []
     for split, items in splits.items():
@@ -149,7 +151,8 @@ def plan_shipped_jobs(
                     picks = [order[i % len(order)] for i in range(n)]
                 floor = (train_floor or {}).get(kind, 0.0) if split == "train" else 0.0
                 for src in picks:
-                    jobs.append(Job(split, label, src, kind, rng.randrange(2**31), min_strength_px=floor))
+                    jobs.append(Job(split, label, src, kind, rng.randrange(2**31), min_strength_px=floor,
+                                    lens_softness_px=lens_softness_px))
     return [replace(j, out_name=f"{k:06d}_{_slug(j.source.path.stem)}_{j.kind}.png") for k, j in enumerate(jobs)]
 
 
@@ -165,6 +168,7 @@ def build_shipped_dataset(
     synth_seed: int = 0,
     mix: Mapping[str, Mapping[str, int]] | None = None,
     train_floor: Mapping[str, float] | None = None,
+    lens_softness_px: float = 0.0,
 ) -> list[ManifestRow]:
     """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
 
@@ -178,7 +182,7 @@ def build_shipped_dataset(
             return True
         return masks.load_shared_mask(s.path) is not None
 
-    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor)
+    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for j in jobs:
         counts[(j.split, j.kind)] += 1
@@ -226,7 +230,8 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
             shutil.rmtree(dataset)
         rep.emit("step", step="prepare", index=1, total=4)
         rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log,
-                                     getattr(args, "synth_seed", 0), mix, train_floor)
+                                     getattr(args, "synth_seed", 0), mix, train_floor,
+                                     getattr(args, "lens_softness", 0.0) or 0.0)
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:
@@ -241,6 +246,8 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         kw["lr0"] = args.lr0
     if weights is not None:
         kw["warmup_bias_lr"] = 0.0
+    if getattr(args, "crop_scale", None) is not None:
+        kw["scale"] = args.crop_scale
 
     def on_epoch(s: EpochStats) -> None:
         rep.emit("epoch", epoch=s.epoch, epochs=s.epochs, loss=s.loss, top1=s.top1, val_loss=s.val_loss)

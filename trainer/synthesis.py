@@ -650,6 +650,26 @@ def _high_iso(image: np.ndarray, rng: np.random.Generator, params: dict[str, flo
     return _add_sensor_noise(image, rng, shot, read, chroma, corr)
 
 
+def lens_softness(
+    image: np.ndarray, rng: np.random.Generator, max_sigma_px: float, scale: float
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Mild optical softness of a real lens, the same for every class (an option of the finishing).
+
+    Half of the images get a Gaussian in linear light with sigma drawn from [max/4, max] px at a 2048-px long
+    side (`scale` = this image's long side / 2048); the rest stay as they are. Well below the visible blur
+    threshold (a sigma of 2 px is about a 4-px disk, half the card's 8 px), it teaches the model that a
+    slightly soft photo is still sharp, instead of the training crop's re-sampling doing it by accident.
+
+    Returns:
+        The image and {"lens_sigma_px": sigma at a 2048-px long side, 0 if none}.
+    """
+    if rng.random() >= 0.5:
+        return image, {"lens_sigma_px": 0.0}
+    sigma = float(rng.uniform(max_sigma_px / 4.0, max_sigma_px))
+    out = to_srgb8(_gaussian(to_linear(np.asarray(image)), sigma * scale))
+    return out, {"lens_sigma_px": round(sigma, 3)}
+
+
 def finish(image: np.ndarray, rng: np.random.Generator) -> tuple[bytes, dict[str, float]]:
     """The one finishing step for every class: sensor noise, optional mild sharpening, JPEG encode.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,16 @@ def test_train_floor_applies_to_training_jobs_only() -> None:
         want = floor.get(j.kind, 0.0) if j.split == "train" else 0.0
         assert j.min_strength_px == want, j
     assert any(j.min_strength_px == 8.0 for j in jobs) and any(j.min_strength_px == 24.0 for j in jobs)
+
+
+def test_lens_softness_applies_to_every_job_of_every_split() -> None:
+    plain = plan_shipped_jobs(_splits(), lambda s: True, seed=1)
+    soft = plan_shipped_jobs(_splits(), lambda s: True, seed=1, lens_softness_px=2.0)
+    assert all(j.lens_softness_px == 0.0 for j in plain)
+    assert all(j.lens_softness_px == 2.0 for j in soft)
+    assert {j.split for j in soft} == {"train", "val", "test"}
+    # the option changes the finishing only, never which photo gets which blur
+    assert [replace(j, lens_softness_px=0.0) for j in soft] == plain
 
 
 def test_floored_jobs_synthesise_blur_at_or_above_the_floor(tmp_path: Path) -> None:

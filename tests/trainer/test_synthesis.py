@@ -22,6 +22,7 @@ from trainer.synthesis import (
     contact_sheet,
     defocus_kernel,
     finish,
+    lens_softness,
     motion_kernel,
     shake_path,
     strength_range,
@@ -111,6 +112,24 @@ def test_defocus_removes_more_detail_as_strength_grows() -> None:
         energies.append(_hf_energy(out))
     assert energies[1] < 0.5 * energies[0]
     assert energies[0] > energies[1] > energies[2] > energies[3]
+
+
+def test_lens_softness_is_mild_scaled_and_on_half_the_images() -> None:
+    img = _texture(384, 512)
+    sharp = _hf_energy(img)
+    applied = []
+    for seed in range(40):
+        out, params = lens_softness(img, np.random.default_rng(seed), 2.0, 512 / 2048)
+        sigma = params["lens_sigma_px"]
+        if sigma == 0.0:
+            assert out is img  # untouched, not a re-encoded copy
+            continue
+        assert 0.5 <= sigma <= 2.0 and out.shape == img.shape and out.dtype == np.uint8
+        applied.append((sigma, _hf_energy(out)))
+    assert 10 <= len(applied) <= 30
+    weakest = min(applied)[1]
+    strongest = max(applied)[1]
+    assert sharp >= weakest > strongest and sharp > strongest  # softer with sigma; a faint one may not show
 
 
 def test_defocus_is_applied_in_linear_light() -> None:
