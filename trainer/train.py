@@ -47,8 +47,8 @@ class TrainConfig:
     # RandomResizedCrop area is (1 - scale, 1); the crop is scaled back up with bilinear interpolation. The
     # default 0.5 crops half the frame and upscales it, which softens sharp photos into false blur. Even this
     # 10% crop softens every training image (all classes alike) about as much as a 4-8 px defocus at 2048 px
-    # (bench/augment_softening.py); turning it off (0) was measured and flagged 4x more sharp photos
-    # (MODEL_CARD.md): the softening keeps slightly soft real photos "sharp", so it stays.
+    # (bench/augment_softening.py); turning it off (0), with or without --lens-softness instead, found more
+    # faint blur but flagged 4-6x more sharp photos (MODEL_CARD.md), so it stays.
     scale: float = 0.1
     fliplr: float = 0.5  # a mirrored photo has the same blur
     flipud: float = 0.0  # upside-down race photos do not occur
