@@ -47,11 +47,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    import torchvision.transforms as T
+    from ultralytics.data.augment import classify_augmentations
 
     torch.manual_seed(args.seed)
-    rows = list(csv.DictReader(open(args.dataset / "manifest.csv", newline="", encoding="utf-8")))
-    rows = [r for r in rows if r["split"] == "val" and not r["error"]]
+    with open(args.dataset / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val" and not r["error"]]
     files: dict[str, list[Path]] = {}
     for label, kind, lo, hi in GROUPS:
         hit = [r for r in rows
@@ -60,8 +60,9 @@ def main() -> None:
     size = read_dataset_spec(args.dataset).size
     scales = [float(s) for s in args.crop_scales.split(",")]
     columns = ["as the engine sends it"] + [f"training, crop scale {s:g}" for s in scales]
+    # ultralytics' own training transform (as ClassificationDataset builds it), flips and colour jitter off
     transforms = [None] + [
-        T.RandomResizedCrop(size, (1.0 - s, 1.0), (3 / 4, 4 / 3), T.InterpolationMode.BILINEAR)
+        classify_augmentations(size, scale=(1.0 - s, 1.0), hflip=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
         for s in scales
     ]
     print("median fine-detail statistic (lower = softer); validation images of", args.dataset)
@@ -74,7 +75,10 @@ def main() -> None:
             stats = []
             for p in paths:
                 img = Image.open(p).convert("RGB")
-                stats.append(fine_detail(tf(img) if tf is not None else img))
+                if tf is not None:  # CHW float tensor in [0, 1] back to 8-bit RGB
+                    arr = tf(img).permute(1, 2, 0).numpy() * 255.0
+                    img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
+                stats.append(fine_detail(img))
             cells.append(f"{np.median(stats):>22.3f} (n={len(stats):3d})")
         print(f"{label:34s}" + "".join(cells))
 

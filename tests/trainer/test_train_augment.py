@@ -19,7 +19,7 @@ def _max_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crop_scale: flo
     from trainer.env import configure_offline
 
     for var in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR", "YOLO_VERBOSE", "MPLBACKEND"):
-        monkeypatch.setenv(var, "")  # restored after the test; configure_offline sets them for real
+        monkeypatch.delenv(var, raising=False)  # restored after the test; configure_offline sets them
     configure_offline(tmp_path / "work")
     from ultralytics.cfg import get_cfg
     from ultralytics.data.dataset import ClassificationDataset
