@@ -657,8 +657,9 @@ def lens_softness(
 
     Half of the images get a Gaussian in linear light with sigma drawn from [max/4, max] px at a 2048-px long
     side (`scale` = this image's long side / 2048); the rest stay as they are. Well below the visible blur
-    threshold (a sigma of 2 px is about a 4-px disk, half the card's 8 px), it teaches the model that a
-    slightly soft photo is still sharp, instead of the training crop's re-sampling doing it by accident.
+    threshold (a sigma of 2 px is about a 4-px disk, half the card's 8 px), it tells the model that a slightly
+    soft photo is still sharp. Measured as a stand-in for the training crop's softening, it does not replace
+    it (MODEL_CARD.md); off by default.
 
     Returns:
         The image and {"lens_sigma_px": sigma at a 2048-px long side, 0 if none}.
