@@ -423,7 +423,7 @@ class TrainerTab(QWidget):
         self.overrides_box = QCheckBox("Add my overrides (photos I marked) as examples")
         self.overrides_box.setChecked(self._settings.get(S.TRAIN_OVERRIDES))
         self.weights_edit = QLineEdit(self._settings.get(S.TRAIN_WEIGHTS))
-        self.weights_edit.setPlaceholderText("optional .pt to start from")
+        self.weights_edit.setPlaceholderText("optional .pt or .onnx to start from (e.g. the bundled model)")
 
         form = QFormLayout()
         form.addRow("Training photos:", source_row)

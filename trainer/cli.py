@@ -78,8 +78,16 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--epochs", type=int, default=100)
         sp.add_argument("--patience", type=int, default=20)
         sp.add_argument("--batch", type=int, default=16)
-        sp.add_argument("--weights", type=Path, help="local pretrained .pt (default: train from yolov8n-cls.yaml)")
+        sp.add_argument("--weights", type=Path, help="a local YOLOv8n-cls .pt to fine-tune, or a YOLOv8n .pt/ONNX "
+                        "(e.g. the bundled model) to start from its backbone (default: yolov8n-cls.yaml)")
         sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+
+    sp = sub.add_parser("backbone", help="a YOLOv8n-cls start (.pt for --weights) from a YOLOv8n detector's backbone")
+    sp.add_argument("source", type=Path, help="an ultralytics YOLOv8n .pt or its ONNX export (detector or classifier)")
+    sp.add_argument("out", type=Path, help="the checkpoint to write")
+    sp.add_argument("--dataset", type=Path, required=True,
+                    help="a prepared dataset: its input spec, and its training images calibrate BatchNorm")
+    sp.add_argument("--images", type=int, default=256, help="calibration images (default 256)")
 
     sp = sub.add_parser("card", help="model-card metrics (Markdown) from a `shipped` work folder")
     sp.add_argument("work", type=Path)
@@ -115,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None)
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--resume", action="store_true", help="reuse the prepared dataset and resume training")
-    sp.add_argument("--weights", type=Path, help="start from these local weights (.pt) instead of yolov8n-cls.yaml")
+    sp.add_argument("--weights", type=Path, help="start from these local weights (a YOLOv8n-cls .pt, or a YOLOv8n "
+                    ".pt/ONNX whose backbone starts the model) instead of yolov8n-cls.yaml")
     sp.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: the trainer's 0.001)")
     sp.add_argument("--synth-seed", type=int, default=0,
                     help="seed of the synthesis (the split by group is always the same)")
@@ -292,6 +301,13 @@ def _main(argv: Sequence[str] | None) -> int:
                     raise ValueError(f"{path}: not a report of `blurflag-train evaluate --json`")
                 named.append((name, report))
             print(compare_evaluations(named), end="")
+            code = 0
+        elif args.command == "backbone":
+            from trainer.backbone import import_backbone, pick_calibration_images
+            from trainer.dataset import read_dataset_spec
+
+            import_backbone(args.source, args.out, pick_calibration_images(args.dataset, args.images),
+                            read_dataset_spec(args.dataset), rep.log)
             code = 0
         elif args.command == "card":
             from trainer.card import card_metrics

@@ -115,7 +115,8 @@ def train_model(
     Args:
         dataset_dir: a folder written by `prepare` (train/ and val/ ImageFolders plus dataset.json).
         work_dir: where runs, checkpoints and ultralytics' settings go (never the user's folders).
-        weights: a local `.pt` to fine-tune; None trains from `yolov8n-cls.yaml` (no downloads offline).
+        weights: a local YOLOv8n-cls `.pt` to fine-tune, or a YOLOv8n detector `.pt` or ONNX export (the bundled
+            model too) to start from its backbone; None trains from `yolov8n-cls.yaml` (no downloads offline).
         resume: continue from `work_dir/runs/train/weights/last.pt` if it exists.
         stop_event: set it to cancel between batches.
     """
@@ -136,8 +137,11 @@ def train_model(
     elif weights is not None:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file not found: {weights}")
-        say(f"fine-tuning {weights}")
-        model = YOLO(str(weights))
+        from trainer.backbone import classifier_start
+
+        start = classifier_start(Path(weights), Path(dataset_dir), work_dir, say)
+        say(f"fine-tuning {start}")
+        model = YOLO(str(start))
     else:
         say("no pretrained weights given: training from yolov8n-cls.yaml")
         model = YOLO("yolov8n-cls.yaml")

@@ -1,0 +1,240 @@
+"""Start YOLOv8n-cls from the backbone of another trained YOLOv8n network instead of from random weights.
+
+A YOLOv8 detector's first nine layers (`model.0` .. `model.8`) are, layer for layer, the backbone of the YOLOv8
+classifier of the same scale (ultralytics' `yolov8.yaml` and `yolov8-cls.yaml` share them); only the head
+differs. So the backbone of any YOLOv8n detector or classifier the user has on disk, as an ultralytics `.pt`
+or as an ultralytics ONNX export, can start a BlurFlag model, and nothing needs downloading.
+
+An ONNX export has each BatchNorm folded into its convolution (weight W, bias b). We put W back into the
+convolution and choose the BatchNorm so that it passes W*x + b through unchanged in *both* modes: in evaluation
+mode with running mean mu and variance var, and in training mode (where BatchNorm normalises by the batch's own
+statistics) with gamma = sqrt(var + eps) and beta = mu + b, mu and var measured on calibration images. Without
+the calibration, the first training batches would see a network whose every layer is re-normalised, i.e. not
+the pretrained one.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.preprocess import InputSpec, load_model_input
+
+#: `model.0` .. `model.8`: the layers YOLOv8 detectors and classifiers share.
+BACKBONE_LAYERS = 9
+CALIBRATION_BATCH = 16
+
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BackboneReport:
+    out: Path
+    convolutions: int  # backbone convolutions copied
+    calibration_images: int  # 0 for a `.pt` source (its BatchNorm statistics are copied as they are)
+    max_abs_diff: float  # backbone output, converted network vs the source, on the calibration images
+
+
+def _layer(key: str) -> int:
+    parts = key.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "model" and parts[1].isdigit() else -1
+
+
+def _onnx_convolutions(source: Path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(source)).graph
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer if 0 <= _layer(i.name) < BACKBONE_LAYERS}
+
+
+def _onnx_backbone_output(source: Path, batch: np.ndarray) -> np.ndarray:
+    """The source graph's output of layer 8 (the last node of `/model.8/`), for `batch`."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(source))
+    nodes = [n for n in model.graph.node if n.name.startswith(f"/model.{BACKBONE_LAYERS - 1}/")]
+    if not nodes:
+        raise ValueError(f"{source}: no node of layer model.{BACKBONE_LAYERS - 1}: not an ultralytics YOLOv8 export")
+    name = nodes[-1].output[0]
+    model.graph.output.append(onnx.helper.ValueInfoProto(name=name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    n, _c, h, w = feed.shape
+    if any(isinstance(d, int) and d != want for d, want in ((h, batch.shape[2]), (w, batch.shape[3]))):
+        raise ValueError(f"{source}: exported for {h}x{w} inputs only, not {batch.shape[2]}; export it with "
+                         f"dynamic=True or at imgsz={batch.shape[2]}")
+    step = 1 if isinstance(n, int) else CALIBRATION_BATCH  # a static batch dimension is 1 in ultralytics exports
+    return np.concatenate([session.run([name], {feed.name: batch[i:i + step]})[0]
+                           for i in range(0, len(batch), step)])
+
+
+def _backbone_forward(net: Any, batch: np.ndarray) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(batch), CALIBRATION_BATCH):
+            t = torch.from_numpy(batch[i:i + CALIBRATION_BATCH])
+            for layer in net.model[:BACKBONE_LAYERS]:
+                t = layer(t)
+            outs.append(t.numpy())
+    return np.concatenate(outs)
+
+
+def _conv_output_stats(net: Any, convs: dict[str, Any], batch: np.ndarray) -> dict[str, tuple[Any, Any]]:
+    """Per-channel mean and (biased) variance of every backbone convolution's output, over `batch`."""
+    import torch
+
+    sums: dict[str, list[Any]] = {}
+
+    def hook(name: str) -> Callable[[Any, Any, Any], None]:
+        def record(_mod: Any, _inp: Any, out: Any) -> None:
+            x = out.double()
+            s = sums.setdefault(name, [0, 0.0, 0.0])
+            s[0] += x.shape[0] * x.shape[2] * x.shape[3]
+            s[1] = s[1] + x.sum((0, 2, 3))
+            s[2] = s[2] + (x * x).sum((0, 2, 3))
+        return record
+
+    handles = [mod.register_forward_hook(hook(name)) for name, mod in convs.items()]
+    try:
+        _backbone_forward(net, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, (n, s1, s2) in sums.items():
+        mean = s1 / n
+        out[name] = (mean.float(), torch.clamp(s2 / n - mean * mean, min=0.0).float())
+    return out
+
+
+def pick_calibration_images(dataset: Path, count: int = 256) -> list[Path]:
+    """`count` training images of a prepared dataset, spread evenly over its classes and kinds."""
+    from trainer.evaluate import collect_samples
+
+    samples = collect_samples(dataset, "train")
+    if not samples:
+        raise ValueError(f"{dataset}: no training images")
+    step = max(1, len(samples) // max(1, count))
+    return [s.path for s in samples[::step][:count]]
+
+
+def import_backbone(
+    source: Path,
+    out: Path,
+    calibration_images: Sequence[Path],
+    spec: InputSpec,
+    log: LogFn | None = None,
+) -> BackboneReport:
+    """Write a YOLOv8n-cls checkpoint (`out`, for `--weights`) whose backbone is `source`'s; the head starts fresh.
+
+    Args:
+        source: an ultralytics YOLOv8n `.pt` (detector or classifier) or its ONNX export.
+        calibration_images: photos like the training set's (the training split), for the BatchNorm statistics of
+            an ONNX source and for the check that the converted backbone computes what the source does.
+        spec: the input pipeline the model will be trained with.
+    """
+    from trainer.env import configure_offline
+
+    source, out = Path(source), Path(out)
+    if not source.is_file():
+        raise FileNotFoundError(f"backbone source not found: {source}")
+    if source.suffix.lower() not in (".onnx", ".pt"):
+        raise ValueError(f"{source}: want an ultralytics .pt or .onnx")
+    if not calibration_images:
+        raise ValueError("no calibration images")
+    configure_offline(out.parent)
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.utils import __version__
+
+    say = log or (lambda _m: None)
+    net: Any = YOLO("yolov8n-cls.yaml").model
+    net.eval()
+    state = net.state_dict()
+    modules = dict(net.named_modules())
+    convs = {name[: -len(".conv")]: modules[name[: -len(".conv")]] for name in modules  # ultralytics Conv: conv + bn
+             if name.endswith(".conv") and 0 <= _layer(name) < BACKBONE_LAYERS}
+    batch = np.stack([load_model_input(p, spec) for p in calibration_images])
+
+    if source.suffix.lower() == ".onnx":
+        weights = _onnx_convolutions(source)
+        for base in convs:
+            w, b = weights.get(base + ".conv.weight"), weights.get(base + ".conv.bias")
+            if w is None or b is None or tuple(w.shape) != tuple(state[base + ".conv.weight"].shape):
+                raise ValueError(f"{source}: no {base}.conv of the YOLOv8n-cls shape "
+                                 f"{tuple(state[base + '.conv.weight'].shape)}: not a YOLOv8n export")
+            state[base + ".conv.weight"] = torch.from_numpy(w.copy())
+        net.load_state_dict(state)
+        # First BatchNorm = "+ b" in evaluation mode (the source network exactly), to measure what each
+        # convolution puts out; then the BatchNorm that gives W*x + b in both modes.
+        for base, mod in convs.items():
+            mod.bn.running_mean.zero_()
+            mod.bn.running_var.fill_(1.0 - mod.bn.eps)
+            mod.bn.weight.data.fill_(1.0)
+            mod.bn.bias.data.copy_(torch.from_numpy(weights[base + ".conv.bias"].copy()))
+        stats = _conv_output_stats(net, {b: m.conv for b, m in convs.items()}, batch)
+        for base, mod in convs.items():
+            mean, var = stats[base]
+            bias = mod.bn.bias.data.clone()
+            mod.bn.running_mean.copy_(mean)
+            mod.bn.running_var.copy_(var)
+            mod.bn.weight.data.copy_(torch.sqrt(var + mod.bn.eps))
+            mod.bn.bias.data.copy_(mean + bias)
+        reference = _onnx_backbone_output(source, batch)
+        calibrated = len(batch)
+    else:
+        ckpt = torch.load(str(source), map_location="cpu", weights_only=False)
+        src_model: Any = None
+        if isinstance(ckpt, dict):
+            src_model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+        if not hasattr(src_model, "state_dict"):
+            raise ValueError(f"{source}: not an ultralytics checkpoint")
+        src_model = src_model.float().eval()
+        src_state = src_model.state_dict()
+        for key in state:
+            if 0 <= _layer(key) < BACKBONE_LAYERS:
+                if key not in src_state or src_state[key].shape != state[key].shape:
+                    raise ValueError(f"{source}: no {key} of the YOLOv8n-cls shape: not a YOLOv8n model")
+                state[key] = src_state[key].clone()
+        net.load_state_dict(state)
+        # Detectors use BatchNorm eps 1e-3, a classifier built from its yaml 1e-5, and training rebuilds the model
+        # from the yaml: keep our eps and move the difference into the variance (same sqrt(var + eps)).
+        src_modules = dict(src_model.named_modules())
+        for base, mod in convs.items():
+            mod.bn.running_var.add_(src_modules[base].bn.eps - mod.bn.eps)
+        reference = _backbone_forward(src_model, batch)
+        calibrated = 0
+    diff = float(np.abs(_backbone_forward(net, batch) - reference).max())
+    scale = float(np.abs(reference).max())
+    if not diff <= 1e-3 * max(1.0, scale):
+        raise RuntimeError(f"{source}: converted backbone differs from the source by {diff:.3g} (scale {scale:.3g})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net, "train_args": {"task": "classify"}, "version": __version__, "epoch": -1,
+                "date": datetime.datetime.now().isoformat(), "blurflag_backbone_source": source.name}, out)
+    say(f"backbone of {source.name}: {len(convs)} convolutions into {out}"
+        + (f", BatchNorm calibrated on {calibrated} images" if calibrated else "")
+        + f"; max |difference| to the source {diff:.2e}")
+    return BackboneReport(out, len(convs), calibrated, diff)
+
+
+def classifier_start(weights: Path, dataset: Path, work_dir: Path, log: LogFn | None = None) -> Path:
+    """`weights` as a YOLOv8n-cls checkpoint to train from: a classifier `.pt` as it is, anything else (an ONNX
+    export, a detector) through its backbone, calibrated on `dataset`'s training images."""
+    if weights.suffix.lower() == ".pt":
+        from ultralytics import YOLO
+
+        if YOLO(str(weights)).task == "classify":
+            return weights
+    from trainer.dataset import read_dataset_spec
+
+    return import_backbone(weights, Path(work_dir) / "backbone.pt", pick_calibration_images(dataset),
+                           read_dataset_spec(dataset), log).out
