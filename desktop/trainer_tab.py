@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 
 from desktop import settings as S
 from desktop.results_view import nice_name
-from engine.paths import IS_FROZEN, bundle_root
+from engine.paths import IS_FROZEN, bundle_root, default_model_dir
 
 EXIT_CANCELLED = 130
 _CANCEL_GRACE_MS = 20_000  # after SIGTERM the trainer stops between batches; kill only if it hangs
@@ -423,7 +423,13 @@ class TrainerTab(QWidget):
         self.overrides_box = QCheckBox("Add my overrides (photos I marked) as examples")
         self.overrides_box.setChecked(self._settings.get(S.TRAIN_OVERRIDES))
         self.weights_edit = QLineEdit(self._settings.get(S.TRAIN_WEIGHTS))
-        self.weights_edit.setPlaceholderText("optional .pt or .onnx to start from (e.g. the bundled model)")
+        self.weights_edit.setPlaceholderText("optional .pt or .onnx to start from; empty: from scratch")
+        self.start_from_bundled_button = QPushButton("Bundled model")
+        self.start_from_bundled_button.setToolTip("Continue training from the model BlurFlag ships with")
+        self.start_from_bundled_button.clicked.connect(self._start_from_bundled_model)
+        weights_row = QHBoxLayout()
+        weights_row.addWidget(self.weights_edit, 1)
+        weights_row.addWidget(self.start_from_bundled_button)
 
         form = QFormLayout()
         form.addRow("Training photos:", source_row)
@@ -431,7 +437,7 @@ class TrainerTab(QWidget):
         form.addRow("Image size:", self.imgsz_spin)
         form.addRow("Batch:", self.batch_spin)
         form.addRow("Synthetic per blur type:", self.synth_spin)
-        form.addRow("Start weights:", self.weights_edit)
+        form.addRow("Start weights:", weights_row)
         form.addRow("", self.overrides_box)
 
         self.start_button = QPushButton("Start training")
@@ -511,6 +517,9 @@ class TrainerTab(QWidget):
         self._current_model = model_dir
         self.current_label.setText(f"Current model: {model_dir}" if model_dir else "Current model: bundled")
         self.bundled_button.setEnabled(model_dir is not None)
+
+    def _start_from_bundled_model(self) -> None:
+        self.weights_edit.setText(str(default_model_dir() / "blurflag.onnx"))
 
     def _browse_source(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Training photos", self.source_edit.text())

@@ -37,7 +37,8 @@ class BackboneReport:
     out: Path
     convolutions: int  # backbone convolutions copied
     calibration_images: int  # 0 for a `.pt` source (its BatchNorm statistics are copied as they are)
-    max_abs_diff: float  # backbone output, converted network vs the source, on the calibration images
+    max_abs_diff: float  # backbone output (or probabilities), converted network vs the source, calibration images
+    head: bool  # the source's classifier head was taken over too
 
 
 def _layer(key: str) -> int:
@@ -45,25 +46,39 @@ def _layer(key: str) -> int:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "model" and parts[1].isdigit() else -1
 
 
-def _onnx_convolutions(source: Path) -> dict[str, np.ndarray]:
+def _onnx_convolutions(source: Path, layers: int) -> dict[str, np.ndarray]:
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(source)).graph
-    return {i.name: numpy_helper.to_array(i) for i in graph.initializer if 0 <= _layer(i.name) < BACKBONE_LAYERS}
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer if 0 <= _layer(i.name) < layers}
 
 
-def _onnx_backbone_output(source: Path, batch: np.ndarray) -> np.ndarray:
-    """The source graph's output of layer 8 (the last node of `/model.8/`), for `batch`."""
+def _onnx_class_names(source: Path) -> tuple[str, ...] | None:
+    """The class names an ultralytics classifier export records (`names` metadata), else None."""
+    import ast
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+    if meta.get("task") != "classify" or "names" not in meta:
+        return None
+    names = ast.literal_eval(meta["names"])
+    return tuple(str(names[i]) for i in sorted(names))
+
+
+def _onnx_output(source: Path, batch: np.ndarray, layers: int) -> np.ndarray:
+    """The source graph's output after `layers` layers (the last node of `/model.{layers-1}/`), for `batch`."""
     import onnx
     import onnxruntime as ort
 
     model = onnx.load(str(source))
-    nodes = [n for n in model.graph.node if n.name.startswith(f"/model.{BACKBONE_LAYERS - 1}/")]
+    nodes = [n for n in model.graph.node if n.name.startswith(f"/model.{layers - 1}/")]
     if not nodes:
-        raise ValueError(f"{source}: no node of layer model.{BACKBONE_LAYERS - 1}: not an ultralytics YOLOv8 export")
+        raise ValueError(f"{source}: no node of layer model.{layers - 1}: not an ultralytics YOLOv8 export")
     name = nodes[-1].output[0]
-    model.graph.output.append(onnx.helper.ValueInfoProto(name=name))
+    if name not in {o.name for o in model.graph.output}:
+        model.graph.output.append(onnx.helper.ValueInfoProto(name=name))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0]
     n, _c, h, w = feed.shape
@@ -75,16 +90,17 @@ def _onnx_backbone_output(source: Path, batch: np.ndarray) -> np.ndarray:
                            for i in range(0, len(batch), step)])
 
 
-def _backbone_forward(net: Any, batch: np.ndarray) -> np.ndarray:
+def _forward(net: Any, batch: np.ndarray, layers: int = BACKBONE_LAYERS) -> np.ndarray:
+    """`net`'s output after its first `layers` layers (all of them: the class probabilities)."""
     import torch
 
     outs = []
     with torch.no_grad():
         for i in range(0, len(batch), CALIBRATION_BATCH):
             t = torch.from_numpy(batch[i:i + CALIBRATION_BATCH])
-            for layer in net.model[:BACKBONE_LAYERS]:
+            for layer in net.model[:layers]:
                 t = layer(t)
-            outs.append(t.numpy())
+            outs.append((t[0] if isinstance(t, tuple) else t).numpy())  # Classify gives (probs, logits) in eval
     return np.concatenate(outs)
 
 
@@ -105,7 +121,7 @@ def _conv_output_stats(net: Any, convs: dict[str, Any], batch: np.ndarray) -> di
 
     handles = [mod.register_forward_hook(hook(name)) for name, mod in convs.items()]
     try:
-        _backbone_forward(net, batch)
+        _forward(net, batch, max(_layer(name) for name in convs) + 1)
     finally:
         for h in handles:
             h.remove()
@@ -132,15 +148,21 @@ def import_backbone(
     out: Path,
     calibration_images: Sequence[Path],
     spec: InputSpec,
+    class_names: Sequence[str] = (),
     log: LogFn | None = None,
 ) -> BackboneReport:
-    """Write a YOLOv8n-cls checkpoint (`out`, for `--weights`) whose backbone is `source`'s; the head starts fresh.
+    """Write a YOLOv8n-cls checkpoint (`out`, for `--weights`) whose backbone is `source`'s.
+
+    The head starts fresh, except from the ONNX export of a classifier with exactly `class_names` (BlurFlag's
+    bundled model, for a dataset of its four classes): then the whole network is taken over, and training
+    continues from the source model itself.
 
     Args:
         source: an ultralytics YOLOv8n `.pt` (detector or classifier) or its ONNX export.
         calibration_images: photos like the training set's (the training split), for the BatchNorm statistics of
-            an ONNX source and for the check that the converted backbone computes what the source does.
+            an ONNX source and for the check that the converted network computes what the source does.
         spec: the input pipeline the model will be trained with.
+        class_names: the classes the model will be trained on, in order.
     """
     from trainer.env import configure_offline
 
@@ -153,26 +175,34 @@ def import_backbone(
         raise ValueError("no calibration images")
     configure_offline(out.parent)
     import torch
-    from ultralytics import YOLO
+    from ultralytics.nn.tasks import ClassificationModel
     from ultralytics.utils import __version__
 
     say = log or (lambda _m: None)
-    net: Any = YOLO("yolov8n-cls.yaml").model
+    is_onnx = source.suffix.lower() == ".onnx"
+    keep_head = is_onnx and bool(class_names) and _onnx_class_names(source) == tuple(class_names)
+    layers = BACKBONE_LAYERS + 1 if keep_head else BACKBONE_LAYERS
+    net: Any = ClassificationModel("yolov8n-cls.yaml", nc=len(class_names) if keep_head else 1000, verbose=False)
+    if keep_head:
+        net.names = dict(enumerate(class_names))
     net.eval()
     state = net.state_dict()
     modules = dict(net.named_modules())
     convs = {name[: -len(".conv")]: modules[name[: -len(".conv")]] for name in modules  # ultralytics Conv: conv + bn
-             if name.endswith(".conv") and 0 <= _layer(name) < BACKBONE_LAYERS}
+             if name.endswith(".conv") and 0 <= _layer(name) < layers and hasattr(modules[name[: -len(".conv")]], "bn")}
     batch = np.stack([load_model_input(p, spec) for p in calibration_images])
 
-    if source.suffix.lower() == ".onnx":
-        weights = _onnx_convolutions(source)
+    if is_onnx:
+        weights = _onnx_convolutions(source, layers)
         for base in convs:
             w, b = weights.get(base + ".conv.weight"), weights.get(base + ".conv.bias")
             if w is None or b is None or tuple(w.shape) != tuple(state[base + ".conv.weight"].shape):
                 raise ValueError(f"{source}: no {base}.conv of the YOLOv8n-cls shape "
                                  f"{tuple(state[base + '.conv.weight'].shape)}: not a YOLOv8n export")
             state[base + ".conv.weight"] = torch.from_numpy(w.copy())
+        if keep_head:
+            for key in (f"model.{BACKBONE_LAYERS}.linear.weight", f"model.{BACKBONE_LAYERS}.linear.bias"):
+                state[key] = torch.from_numpy(weights[key].copy())
         net.load_state_dict(state)
         # First BatchNorm = "+ b" in evaluation mode (the source network exactly), to measure what each
         # convolution puts out; then the BatchNorm that gives W*x + b in both modes.
@@ -189,7 +219,7 @@ def import_backbone(
             mod.bn.running_var.copy_(var)
             mod.bn.weight.data.copy_(torch.sqrt(var + mod.bn.eps))
             mod.bn.bias.data.copy_(mean + bias)
-        reference = _onnx_backbone_output(source, batch)
+        reference = _onnx_output(source, batch, layers)
         calibrated = len(batch)
     else:
         ckpt = torch.load(str(source), map_location="cpu", weights_only=False)
@@ -211,19 +241,19 @@ def import_backbone(
         src_modules = dict(src_model.named_modules())
         for base, mod in convs.items():
             mod.bn.running_var.add_(src_modules[base].bn.eps - mod.bn.eps)
-        reference = _backbone_forward(src_model, batch)
+        reference = _forward(src_model, batch)
         calibrated = 0
-    diff = float(np.abs(_backbone_forward(net, batch) - reference).max())
+    diff = float(np.abs(_forward(net, batch, layers) - reference).max())
     scale = float(np.abs(reference).max())
     if not diff <= 1e-3 * max(1.0, scale):
-        raise RuntimeError(f"{source}: converted backbone differs from the source by {diff:.3g} (scale {scale:.3g})")
+        raise RuntimeError(f"{source}: converted network differs from the source by {diff:.3g} (scale {scale:.3g})")
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": net, "train_args": {"task": "classify"}, "version": __version__, "epoch": -1,
                 "date": datetime.datetime.now().isoformat(), "blurflag_backbone_source": source.name}, out)
-    say(f"backbone of {source.name}: {len(convs)} convolutions into {out}"
+    say(f"{'whole model' if keep_head else 'backbone'} of {source.name}: {len(convs)} convolutions into {out}"
         + (f", BatchNorm calibrated on {calibrated} images" if calibrated else "")
         + f"; max |difference| to the source {diff:.2e}")
-    return BackboneReport(out, len(convs), calibrated, diff)
+    return BackboneReport(out, len(convs), calibrated, diff, keep_head)
 
 
 def classifier_start(weights: Path, dataset: Path, work_dir: Path, log: LogFn | None = None) -> Path:
@@ -237,4 +267,10 @@ def classifier_start(weights: Path, dataset: Path, work_dir: Path, log: LogFn | 
     from trainer.dataset import read_dataset_spec
 
     return import_backbone(weights, Path(work_dir) / "backbone.pt", pick_calibration_images(dataset),
-                           read_dataset_spec(dataset), log).out
+                           read_dataset_spec(dataset), dataset_classes(dataset), log).out
+
+
+def dataset_classes(dataset: Path) -> tuple[str, ...]:
+    """A prepared dataset's classes in the order training numbers them (sorted folder names of train/)."""
+    train = Path(dataset) / "train"
+    return tuple(sorted(d.name for d in train.iterdir() if d.is_dir())) if train.is_dir() else ()

@@ -303,11 +303,11 @@ def _main(argv: Sequence[str] | None) -> int:
             print(compare_evaluations(named), end="")
             code = 0
         elif args.command == "backbone":
-            from trainer.backbone import import_backbone, pick_calibration_images
+            from trainer.backbone import dataset_classes, import_backbone, pick_calibration_images
             from trainer.dataset import read_dataset_spec
 
             import_backbone(args.source, args.out, pick_calibration_images(args.dataset, args.images),
-                            read_dataset_spec(args.dataset), rep.log)
+                            read_dataset_spec(args.dataset), dataset_classes(args.dataset), rep.log)
             code = 0
         elif args.command == "card":
             from trainer.card import card_metrics

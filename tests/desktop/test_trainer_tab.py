@@ -147,10 +147,13 @@ def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_pat
     tab.epochs_spin.setValue(2)
     tab.imgsz_spin.setValue(32)
     tab.batch_spin.setValue(8)
+    tab.start_from_bundled_button.click()  # continue from the bundled model: its four classes are the dataset's
+    assert Path(tab.weights_edit.text()).is_file()
     with qtbot.waitSignal(tab.process.run_finished, timeout=240_000) as sig:
         assert tab.start_training()
     code, model_dir = sig.args
     assert code == 0, tab.log.toPlainText()[-3000:]
+    assert "whole model of blurflag.onnx" in tab.log.toPlainText()
     assert Path(model_dir).parent == settings.user_models_dir
     assert [p["epoch"] for p in tab.plot.points()] == [1, 2]
     assert tab.state.metrics is not None and set(tab.state.metrics["recall"]) <= set(tab.state.metrics["names"])

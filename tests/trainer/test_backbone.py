@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,6 +120,31 @@ def test_pt_backbone_is_copied_and_the_head_starts_fresh(tmp_path: Path, ultraly
     backbone_keys = [k for k in got if int(k.split(".")[1]) < 9 and not k.endswith("running_var")]
     assert backbone_keys and all(torch.equal(got[k], src[k]) for k in backbone_keys)
     assert type(net.model[9]).__name__ == "Classify"
+
+
+def test_the_bundled_model_is_taken_over_whole_for_its_own_classes(tmp_path: Path, ultralytics_env: None,
+                                                                   dataset: Path) -> None:
+    import torch
+
+    from engine import load_classifier
+    from trainer.backbone import dataset_classes, import_backbone, pick_calibration_images
+
+    bundled = REPO / "models" / "blurflag.onnx"
+    classes = dataset_classes(dataset)
+    assert classes == tuple(json.loads((REPO / "models" / "class_names.json").read_text()))
+    spec = InputSpec(size=SIZE, resize="stretch")
+    images = pick_calibration_images(dataset, 32)
+    report = import_backbone(bundled, tmp_path / "start.pt", images, spec, classes)
+    assert report.head and report.calibration_images == len(images)
+    net = torch.load(tmp_path / "start.pt", weights_only=False)["model"].eval()
+    batch = np.stack([load_model_input(p, spec) for p in images])
+    with torch.no_grad():
+        out = net(torch.from_numpy(batch))
+    probs = (out[0] if isinstance(out, tuple) else out).numpy()
+    assert np.abs(probs - load_classifier(REPO / "models").predict(batch)).max() <= 1e-4
+    # other classes: only the backbone is taken over
+    other = import_backbone(bundled, tmp_path / "start2.pt", images, spec, ("cat", "dog"))
+    assert not other.head
 
 
 def test_a_backbone_of_another_width_is_refused(tmp_path: Path, ultralytics_env: None, dataset: Path) -> None:
