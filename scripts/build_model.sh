@@ -6,6 +6,8 @@
 #      and more motion, HOURS2 of training (default 0.7), at a lower learning rate.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments.
+# START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
+# backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
 # Measured: 1 h 33 min wall time in all. Re-running it after an interruption resumes: masks are cached, datasets
 # are reused, and training continues from the last checkpoint of the stage that was running.
 #
@@ -21,6 +23,8 @@ HOURS=${HOURS:-0.95}
 HOURS2=${HOURS2:-0.7}
 SCALE=${SCALE:-1}    # training-set size factor of stage 1 (more synthesis draws of the same photos)
 SCALE2=${SCALE2:-1}  # the same for stage 2
+START_ARGS=()
+[ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
 mkdir -p "$WORK"
 [ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import ultralytics" 2>/dev/null || bash scripts/install.sh --train
 
@@ -35,7 +39,7 @@ if [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
   RESUME=()
   [ -f "$WORK/ship/dataset/manifest.csv" ] && RESUME=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs 100 --train-floor visible "${RESUME[@]}" | tee -a "$WORK/build.log"
+    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs 100 --train-floor visible "${START_ARGS[@]}" "${RESUME[@]}" | tee -a "$WORK/build.log"
 fi
 
 # 5. Stage 2: fine-tune stage 1's best weights on a new synthesis draw of the same split (the test races stay
