@@ -190,7 +190,9 @@ def import_backbone(
     modules = dict(net.named_modules())
     convs = {name[: -len(".conv")]: modules[name[: -len(".conv")]] for name in modules  # ultralytics Conv: conv + bn
              if name.endswith(".conv") and 0 <= _layer(name) < layers and hasattr(modules[name[: -len(".conv")]], "bn")}
-    batch = np.stack([load_model_input(p, spec) for p in calibration_images])
+    # All calibration inputs are held at once: at most ~300 MB of them (256 at 224 px, 61 at 640 px).
+    keep = max(CALIBRATION_BATCH, 300_000_000 // (12 * spec.size * spec.size))
+    batch = np.stack([load_model_input(p, spec) for p in list(calibration_images)[:keep]])
 
     if is_onnx:
         weights = _onnx_convolutions(source, layers)
