@@ -46,33 +46,29 @@ def _layer(key: str) -> int:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "model" and parts[1].isdigit() else -1
 
 
-def _onnx_convolutions(source: Path, layers: int) -> dict[str, np.ndarray]:
-    import onnx
+def _onnx_convolutions(model: Any, layers: int) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
-    graph = onnx.load(str(source)).graph
-    return {i.name: numpy_helper.to_array(i) for i in graph.initializer if 0 <= _layer(i.name) < layers}
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if 0 <= _layer(i.name) < layers}
 
 
-def _onnx_class_names(source: Path) -> tuple[str, ...] | None:
+def _onnx_class_names(model: Any) -> tuple[str, ...] | None:
     """The class names an ultralytics classifier export records (`names` metadata), else None."""
     import ast
 
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+    meta = {p.key: p.value for p in model.metadata_props}
     if meta.get("task") != "classify" or "names" not in meta:
         return None
     names = ast.literal_eval(meta["names"])
     return tuple(str(names[i]) for i in sorted(names))
 
 
-def _onnx_output(source: Path, batch: np.ndarray, layers: int) -> np.ndarray:
+def _onnx_output(source: Path, model: Any, batch: np.ndarray, layers: int) -> np.ndarray:
     """The source graph's output after `layers` layers (the last node of `/model.{layers-1}/`), for `batch`."""
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(source))
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: one more graph output
     nodes = [n for n in model.graph.node if n.name.startswith(f"/model.{layers - 1}/")]
     if not nodes:
         raise ValueError(f"{source}: no node of layer model.{layers - 1}: not an ultralytics YOLOv8 export")
@@ -180,7 +176,12 @@ def import_backbone(
 
     say = log or (lambda _m: None)
     is_onnx = source.suffix.lower() == ".onnx"
-    keep_head = is_onnx and bool(class_names) and _onnx_class_names(source) == tuple(class_names)
+    proto: Any = None  # the ONNX source, read once
+    if is_onnx:
+        import onnx
+
+        proto = onnx.load(str(source))
+    keep_head = is_onnx and bool(class_names) and _onnx_class_names(proto) == tuple(class_names)
     layers = BACKBONE_LAYERS + 1 if keep_head else BACKBONE_LAYERS
     net: Any = ClassificationModel("yolov8n-cls.yaml", nc=len(class_names) if keep_head else 1000, verbose=False)
     if keep_head:
@@ -195,7 +196,7 @@ def import_backbone(
     batch = np.stack([load_model_input(p, spec) for p in list(calibration_images)[:keep]])
 
     if is_onnx:
-        weights = _onnx_convolutions(source, layers)
+        weights = _onnx_convolutions(proto, layers)
         for base in convs:
             w, b = weights.get(base + ".conv.weight"), weights.get(base + ".conv.bias")
             if w is None or b is None or tuple(w.shape) != tuple(state[base + ".conv.weight"].shape):
@@ -221,7 +222,7 @@ def import_backbone(
             mod.bn.running_var.copy_(var)
             mod.bn.weight.data.copy_(torch.sqrt(var + mod.bn.eps))
             mod.bn.bias.data.copy_(mean + bias)
-        reference = _onnx_output(source, batch, layers)
+        reference = _onnx_output(source, proto, batch, layers)
         calibrated = len(batch)
     else:
         ckpt = torch.load(str(source), map_location="cpu", weights_only=False)
