@@ -101,7 +101,7 @@ def _forward(net: Any, batch: np.ndarray, layers: int = BACKBONE_LAYERS) -> np.n
 
 
 def _conv_output_stats(net: Any, convs: dict[str, Any], batch: np.ndarray) -> dict[str, tuple[Any, Any]]:
-    """Per-channel mean and (biased) variance of every backbone convolution's output, over `batch`."""
+    """Per-channel mean and (biased) variance of each of `convs`' outputs, over `batch`."""
     import torch
 
     sums: dict[str, list[Any]] = {}

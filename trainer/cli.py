@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(e.g. the bundled model) to start from its backbone (default: yolov8n-cls.yaml)")
         sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
-    sp = sub.add_parser("backbone", help="a YOLOv8n-cls start (.pt for --weights) from a YOLOv8n detector's backbone")
+    sp = sub.add_parser("backbone", help="a YOLOv8n-cls start (.pt for --weights) from a YOLOv8n .pt/ONNX: its "
+                        "backbone, or the whole network of a classifier export with the dataset's classes")
     sp.add_argument("source", type=Path, help="an ultralytics YOLOv8n .pt or its ONNX export (detector or classifier)")
     sp.add_argument("out", type=Path, help="the checkpoint to write")
     sp.add_argument("--dataset", type=Path, required=True,
