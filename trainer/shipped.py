@@ -253,7 +253,22 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         rep.emit("epoch", epoch=s.epoch, epochs=s.epochs, loss=s.loss, top1=s.top1, val_loss=s.val_loss)
 
     rep.emit("step", step="train", index=2, total=4)
-    best = train_model(dataset, work, TrainConfig(**kw), weights, args.resume, on_epoch, rep.log, stop)
+    dense_weight = getattr(args, "dense_weight", None)
+    if dense_weight is not None:  # the region-supervised loop (trainer/dense.py), same recipe otherwise
+        from trainer.dense import DenseConfig, train_dense
+
+        dkw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours or None, "dense_weight": dense_weight,
+                               "patience": kw["patience"], "lr0": kw.get("lr0", 0.001)}
+        if args.threads:
+            dkw["threads"] = args.threads
+        if weights is not None:
+            dkw["warmup_bias_lr"] = 0.0
+        if "scale" in kw:
+            dkw["crop_scale"] = kw["scale"]
+        best = train_dense(dataset, work, DenseConfig(**dkw), args.mask_dir, weights, args.resume, on_epoch,
+                           rep.log, stop)
+    else:
+        best = train_model(dataset, work, TrainConfig(**kw), weights, args.resume, on_epoch, rep.log, stop)
     rep.log(f"trained after {time.monotonic() - t0:.0f} s")
     rep.emit("step", step="export", index=3, total=4)
     val_images = [dataset / r.synth_file for r in rows if r.split == "val" and r.synth_file and not r.error]
