@@ -23,6 +23,9 @@ HOURS=${HOURS:-0.95}
 HOURS2=${HOURS2:-0.7}
 SCALE=${SCALE:-1}    # training-set size factor of stage 1 (more synthesis draws of the same photos)
 SCALE2=${SCALE2:-1}  # the same for stage 2
+DENSE_ARGS=()        # DENSE=W: stage 1 with region targets of weight W (trainer/dense.py; 0: that loop, labels only)
+[ -n "${DENSE:-}" ] && DENSE_ARGS=(--dense-weight "$DENSE")
+EPOCHS=${EPOCHS:-100}
 START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
 mkdir -p "$WORK"
@@ -39,7 +42,8 @@ if [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
   RESUME=()
   [ -f "$WORK/ship/dataset/manifest.csv" ] && RESUME=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs 100 --train-floor visible "${START_ARGS[@]}" "${RESUME[@]}" | tee -a "$WORK/build.log"
+    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible "${START_ARGS[@]}" "${DENSE_ARGS[@]}" \
+    "${RESUME[@]}" | tee -a "$WORK/build.log"
 fi
 
 # 5. Stage 2: fine-tune stage 1's best weights on a new synthesis draw of the same split (the test races stay

@@ -22,20 +22,6 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def ultralytics_env(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from trainer.env import configure_offline
-
-    saved = {k: os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")}
-    configure_offline(tmp_path_factory.mktemp("yolo"))
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bb")
     src = write_class_folders(root / "src", per_class=6)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from trainer.dataset import PrepareOptions, prepare
 HAS_TRAIN = all(__import__("importlib").util.find_spec(m) for m in ("torch", "ultralytics", "onnx"))
 needs_train = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI installs it)")
 SIZE = 64
+GRID_MID = 15  # a target column inside the runner of _runner_mask (x 180..260 of 420 px at GRID = 28)
 
 
 def _runner_mask(h: int = 280, w: int = 420) -> np.ndarray:
@@ -52,8 +52,6 @@ def test_subject_blur_is_known_only_on_the_runner_and_bokeh_everywhere() -> None
     with pytest.raises(ValueError, match="person mask"):
         region_targets("subject_motion", "motion_blurred", None)
 
-
-GRID_MID = 15  # a column inside the runner at GRID = 28 (180..260 of 420 px)
 
 
 def test_sharp_photos_only_say_the_runner_is_sharp() -> None:
@@ -116,20 +114,6 @@ def toy_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "ds"
     prepare(src, out, PrepareOptions(spec=InputSpec(size=SIZE, resize="stretch"), workers=1))
     return out
-
-
-@pytest.fixture(scope="module")
-def ultralytics_env(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from trainer.env import configure_offline
-
-    saved = {k: os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")}
-    configure_offline(tmp_path_factory.mktemp("yolo"))
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _weights(pt: Path) -> dict[str, object]:
