@@ -5,7 +5,9 @@
 #   2. fine-tuning stage 1's best weights on a fresh synthesis draw (synthesis seed 1) with more sharp examples
 #      and more motion, HOURS2 of training (default 0.7), at a lower learning rate.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
-# HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments.
+# HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments;
+# so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
+# measured in MODEL_CARD.md, not the shipped recipe).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
 # Measured: 1 h 33 min wall time in all. Re-running it after an interruption resumes: masks are cached, datasets

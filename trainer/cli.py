@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--scale", type=float, default=1.0, help="dataset size factor (1.0 = the shipped recipe)")
     sp.add_argument("--hours", type=float, default=1.2, help="training time budget; epochs adapt to it")
     sp.add_argument("--epochs", type=int, default=60)
+    sp.add_argument("--patience", type=int, default=None,
+                    help="stop after this many epochs without a better validation top-1 (default: a third of --epochs, "
+                         "at least 10)")
     sp.add_argument("--threads", type=int, default=None)
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--resume", action="store_true", help="reuse the prepared dataset and resume training")

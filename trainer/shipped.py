@@ -239,7 +239,9 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     rep.log(f"dataset ready after {time.monotonic() - t0:.0f} s")
     if stop.is_set():
         return 130
-    kw: dict[str, Any] = {"epochs": args.epochs, "patience": max(10, args.epochs // 3), "time_hours": args.hours}
+    patience = getattr(args, "patience", None)
+    kw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours,
+                          "patience": max(10, args.epochs // 3) if patience is None else patience}
     if args.threads:
         kw["threads"] = args.threads
     if getattr(args, "lr0", None):

@@ -123,3 +123,37 @@ def test_shipped_checks_its_options_before_touching_the_work_folder(tmp_path: Pa
     assert train_main([*base, "--mix", "blurry=3"]) == 1
     assert "--mix" in capsys.readouterr().err
     assert keep.exists()
+
+
+@pytest.mark.usefixtures("_keep_signal_handlers")
+@pytest.mark.parametrize("dense", [None, "0.5"])
+def test_shipped_passes_patience_and_the_dense_weight_to_its_trainer(tmp_path: Path, monkeypatch, dense) -> None:
+    import trainer.dense
+    import trainer.train
+    from tests.toydata import write_class_folders
+    from trainer.dataset import PrepareOptions, prepare
+
+    work = tmp_path / "work"
+    prepare(write_class_folders(tmp_path / "src", per_class=2), work / "dataset",
+            PrepareOptions(spec=InputSpec(size=32, resize="stretch"), workers=1))
+    seen: dict[str, object] = {}
+
+    def fake(name: str):
+        def run(dataset, work_dir, config, *args, **kwargs):
+            seen[name] = config
+            raise RuntimeError("stop here")
+        return run
+
+    monkeypatch.setattr(trainer.dense, "train_dense", fake("dense"))
+    monkeypatch.setattr(trainer.train, "train_model", fake("ultralytics"))
+    argv = ["shipped", "--shared", str(tmp_path), "--work", str(work), "--model-out", str(tmp_path / "m"),
+            "--resume", "--hours", "0", "--epochs", "30", "--patience", "7"]
+    assert train_main([*argv, *(["--dense-weight", dense] if dense else [])]) == 1
+    if dense:
+        cfg = seen["dense"]
+        assert (cfg.dense_weight, cfg.patience, cfg.epochs, cfg.time_hours) == (0.5, 7, 30, None)
+        assert "ultralytics" not in seen
+    else:
+        cfg = seen["ultralytics"]
+        assert (cfg.patience, cfg.epochs) == (7, 30)
+        assert "dense" not in seen
