@@ -233,6 +233,9 @@ def _feature_net(classes: Sequence[str], weights: Path | None, dropout: float) -
     from ultralytics.nn.tasks import ClassificationModel
 
     if weights is not None:
+        if Path(weights).suffix.lower() != ".pt":
+            raise ValueError(f"{weights}: the region-target loop starts from a YOLOv8n-cls .pt of the dataset's classes "
+                             "(train a detector's or an ONNX backbone with the ultralytics trainer first)")
         ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
         net = (ckpt.get("ema") or ckpt["model"]).float()
         got = tuple(str(net.names[i]) for i in sorted(net.names))

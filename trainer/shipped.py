@@ -218,6 +218,8 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     weights = getattr(args, "weights", None)
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file not found: {weights}")
+    if (getattr(args, "dense_weight", None) or 0.0) < 0:
+        raise ValueError(f"--dense-weight must be >= 0, got {args.dense_weight}")
     spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=parse_gap(getattr(args, "reducing_gap", None)))
     mix = parse_mix(getattr(args, "mix", []) or [])
     train_floor = VISIBLE_PX if getattr(args, "train_floor", "none") == "visible" else None

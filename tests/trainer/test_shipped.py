@@ -122,6 +122,8 @@ def test_shipped_checks_its_options_before_touching_the_work_folder(tmp_path: Pa
     assert "weights file not found" in capsys.readouterr().err
     assert train_main([*base, "--mix", "blurry=3"]) == 1
     assert "--mix" in capsys.readouterr().err
+    assert train_main([*base, "--dense-weight", "-1"]) == 1
+    assert "--dense-weight must be >= 0" in capsys.readouterr().err
     assert keep.exists()
 
 
