@@ -262,9 +262,10 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         from trainer.dense import DenseConfig, train_dense
 
         dkw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours or None, "dense_weight": dense_weight,
-                               "patience": kw["patience"], "lr0": kw.get("lr0", 0.001)}
-        if args.threads:
-            dkw["threads"] = args.threads
+                               "patience": kw["patience"]}
+        for key in ("threads", "lr0"):
+            if key in kw:
+                dkw[key] = kw[key]
         if weights is not None:
             dkw["warmup_bias_lr"] = 0.0
         if "scale" in kw:
