@@ -50,10 +50,13 @@ fi
 
 # 5. Stage 2: fine-tune stage 1's best weights on a new synthesis draw of the same split (the test races stay
 #    held out), with more sharp examples and hard negatives (the false alarms of stage 1) and more motion.
+#    Stage 1's best weights: ultralytics' run folder, or the region-target loop's (DENSE).
+STAGE1="$WORK/ship/runs/train/weights/best.pt"
+[ -n "${DENSE:-}" ] && STAGE1="$WORK/ship/runs/dense/best.pt"
 RESUME=()
 [ -f "$WORK/ship2/dataset/manifest.csv" ] && RESUME=(--resume)
 .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
-  --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs 120 --weights "$WORK/ship/runs/train/weights/best.pt" \
+  --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs 120 --weights "$STAGE1" \
   --lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100 \
   --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 \
   --train-floor visible "${RESUME[@]}" | tee -a "$WORK/build.log"
