@@ -7,7 +7,8 @@
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
-# measured in MODEL_CARD.md, not the shipped recipe).
+# measured in MODEL_CARD.md, not the shipped recipe) and REFRAME=SHARE (both stages: half of the training examples
+# made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
 # Measured: 1 h 33 min wall time in all. Re-running it after an interruption resumes: masks are cached, datasets
@@ -28,6 +29,7 @@ SCALE2=${SCALE2:-1}  # the same for stage 2
 DENSE_ARGS=()        # DENSE=W: stage 1 with region targets of weight W (trainer/dense.py; 0: that loop, labels only)
 [ -n "${DENSE:-}" ] && DENSE_ARGS=(--dense-weight "$DENSE")
 EPOCHS=${EPOCHS:-100}
+REFRAME=${REFRAME:-0}
 START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
 mkdir -p "$WORK"
@@ -44,7 +46,7 @@ if [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
   RESUME=()
   [ -f "$WORK/ship/dataset/manifest.csv" ] && RESUME=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible "${START_ARGS[@]}" "${DENSE_ARGS[@]}" \
+    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" "${START_ARGS[@]}" "${DENSE_ARGS[@]}" \
     "${RESUME[@]}" | tee -a "$WORK/build.log"
 fi
 
@@ -59,6 +61,6 @@ RESUME=()
   --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs 120 --weights "$STAGE1" \
   --lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100 \
   --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 \
-  --train-floor visible "${RESUME[@]}" | tee -a "$WORK/build.log"
+  --train-floor visible --reframe "$REFRAME" "${RESUME[@]}" | tee -a "$WORK/build.log"
 .venv/bin/blurflag-train card "$WORK/ship2" > "$WORK/ship2/card_metrics.md"
 echo "model in $WORK/ship2/model; metrics in $WORK/ship2/card_metrics.md"

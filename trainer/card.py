@@ -103,6 +103,42 @@ def _cell(k: int, n: int) -> str:
     return f"{k / n:.1%} ({k}/{n})" if n else "n/a"
 
 
+#: False-alarm counts at which `compare` puts models side by side (see `blur_right_at_false_alarms`).
+EQUAL_FALSE_ALARMS = (0, 1, 2, 4, 8)
+
+
+def _is_visible_blur(p: dict[str, Any]) -> bool:
+    return p["label"] != "sharp" and p["kind"] in VISIBLE_PX and p["strength_px"] >= VISIBLE_PX[p["kind"]]
+
+
+def blur_right_at_false_alarms(preds: list[dict[str, Any]], max_flagged: int) -> tuple[int, float] | None:
+    """Visible blur found with the right type when `sharp`'s probability is weighted so that at most
+    `max_flagged` sharp images are flagged: (blur right, that weight); None without probabilities.
+
+    Models differ in how readily they say "blurred"; at the argmax one model may find more blur only by flagging
+    more sharp photos. Weighting the sharp probability by w (w > 1: more cautious) moves each model along its own
+    trade-off, so two models can be compared at the same number of false alarms. An image is called sharp exactly
+    when w >= its ratio t = (largest blur probability) / (sharp probability): w = the (k+1)-th largest t among
+    the sharp images is the smallest weight that flags at most k of them (ties count as sharp, as at t itself).
+    """
+    if not preds or any(not p.get("probabilities") for p in preds):
+        return None
+
+    def ratio(p: dict[str, Any]) -> tuple[float, str]:
+        probs = p["probabilities"]
+        blur = max((c for c in probs if c != "sharp"), key=lambda c: probs[c])
+        return probs[blur] / max(probs.get("sharp", 0.0), 1e-12), blur
+
+    sharp_t = sorted((ratio(p)[0] for p in preds if p["label"] == "sharp"), reverse=True)
+    w = sharp_t[max_flagged] if max_flagged < len(sharp_t) else 0.0
+    right = 0
+    for p in preds:
+        if _is_visible_blur(p):
+            t, blur = ratio(p)
+            right += blur == p["label"] and t > w
+    return right, w
+
+
 def compare_evaluations(named: list[tuple[str, dict[str, Any]]]) -> str:
     """Markdown: the card's checks, recall by strength and paired differences for several models evaluated on
     the same split of the same jobs (e.g. one dataset rendered at two input sizes: its file names match)."""
@@ -129,6 +165,15 @@ def compare_evaluations(named: list[tuple[str, dict[str, Any]]]) -> str:
                 v = ev.get("by_strength", {}).get(kind, {}).get(b)
                 cells.append(f"{v['count']}/{v['total']}" if v else "n/a")
             lines.append(f"| {kind} | {b} | " + " | ".join(cells) + " |")
+    equal = [[blur_right_at_false_alarms(ps, k) for k in EQUAL_FALSE_ALARMS] for ps in preds]
+    if all(cell is not None for row in equal for cell in row):
+        n_sharp = sum(p["label"] == "sharp" for p in preds[0])
+        n_blur = sum(_is_visible_blur(p) for p in preds[0])
+        lines += ["", f"Visible blur right (of {n_blur}) at equal false alarms: the sharp probability weighted so that "
+                  f"at most k of the {n_sharp} sharp images are flagged (the weight in brackets; the engine uses 1):",
+                  "", "| sharp flagged ≤ k | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for i, k in enumerate(EQUAL_FALSE_ALARMS):
+            lines.append(f"| {k} | " + " | ".join(f"{row[i][0]} (w {row[i][1]:.3g})" for row in equal) + " |")
     # Paired by class folder and file name: one dataset rendered twice (e.g. at two input sizes) pairs up, and two
     # photos of the same name in different class folders stay two images.
     keyed = [{Path(p["path"]).parts[-2:]: p for p in ps} for ps in preds]

@@ -140,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="train-time RandomResizedCrop area from (1 - CROP_SCALE, 1); default 0.1; 0: none")
     sp.add_argument("--lens-softness", type=float, default=0.0, metavar="PX",
                     help="finishing: mild lens softness on half of all examples, sigma up to PX at 2048 px (0: off)")
+    sp.add_argument("--reframe", type=float, default=0.0, metavar="SHARE",
+                    help="training examples only: half are made from a random crop of their photo, at least SHARE of "
+                         "each side, taken before any resizing (0: off)")
     sp.add_argument("--dense-weight", type=float, default=None, metavar="W",
                     help="train with region targets (where each example is blurred, and how; the runner's mask) as "
                          "an auxiliary loss of weight W (trainer/dense.py; 0: the same loop on labels alone)")

@@ -40,6 +40,9 @@ SYNTH_KINDS: dict[str, tuple[str, ...]] = {
     SHARP: ("bokeh", "panning", "high_iso"),
 }
 WORK_LONG_SIDE = 1024  # synthesis size; strengths are always stated in pixels at a 2048-px long side
+#: Share of the examples of a reframing job list (`Job.reframe`) made from a crop of their photo; the rest
+#: keep the whole frame, as the engine sees it.
+REFRAME_SHARE = 0.5
 DATASET_INFO = "dataset.json"
 MANIFEST = "manifest.csv"
 Progress = Callable[[str], None]
@@ -66,6 +69,7 @@ class Job:
     out_name: str = ""
     min_strength_px: float = 0.0  # synthesis kinds: draw strengths from max(range low end, this) up
     lens_softness_px: float = 0.0  # synthesis kinds: max sigma (px at 2048) of lens_softness; 0 = none
+    reframe: float = 0.0  # synthesis kinds: on REFRAME_SHARE of them, crop the photo to >= this share per side; 0 = never
 
 
 @dataclass(frozen=True)
@@ -304,12 +308,21 @@ def _synthesise(
     from trainer import synthesis
     from trainer.masks import person_mask
 
-    base = _load_working(job.source.path, WORK_LONG_SIDE)
+    reframe_now = job.reframe > 0 and rng.random() < REFRAME_SHARE
+    # A reframed photo is loaded larger, so that its crop reaches the usual synthesis size where the photo allows.
+    base = _load_working(job.source.path, round(WORK_LONG_SIDE / job.reframe) if reframe_now else WORK_LONG_SIDE)
     mask = None
     if job.kind in synthesis.MASK_KINDS:
         mask = person_mask(base, job.source.path, mask_dir)
         if mask is None:
             raise ValueError(f"no person mask for {job.source.path.name}")
+    reframed: dict[str, float] = {}
+    if reframe_now:
+        full_h, full_w = base.shape[:2]
+        x0, y0, x1, y1 = reframe_box((full_h, full_w), rng, job.reframe, mask)
+        base, mask = _crop_to_work(base, mask, (x0, y0, x1, y1))
+        reframed = {"reframe_x0": round(x0 / full_w, 4), "reframe_y0": round(y0 / full_h, 4),
+                    "reframe_x1": round(x1 / full_w, 4), "reframe_y1": round(y1 / full_h, 4)}
     blurred, record = synthesis.synthesize(base, job.kind, rng, mask=mask, min_strength_px=job.min_strength_px)
     if record.label != job.label:
         raise ValueError(f"synthesis kind {job.kind} makes {record.label}, not {job.label}")
@@ -325,8 +338,52 @@ def _synthesise(
     synth_path.parent.mkdir(parents=True, exist_ok=True)
     synth_path.write_bytes(jpeg)
     img = open_image(synth_path, spec)  # decoded exactly as the engine decodes a user's JPEG
-    params = {**record.params, **lens, **finish_params}
+    params = {**record.params, **reframed, **lens, **finish_params}
     return img, replace(row, strength_px=round(record.strength_px, 2), synth_file=str(synth_rel), params=json.dumps(params))
+
+
+def reframe_box(
+    shape: tuple[int, int], rng: np.random.Generator, min_side: float, mask: np.ndarray | None = None
+) -> tuple[int, int, int, int]:
+    """A random crop (x0, y0, x1, y1) of an HxW photo: each side at least `min_side` of the frame's, the aspect
+    within about 10% of the frame's, and, given a person mask, the whole runner inside (the crop grows to hold it).
+
+    A photographer's export is often a tighter framing of the same frame; a crop taken before any resizing adds
+    new compositions without the softness an upscaled crop would add.
+    """
+    h, w = shape
+    if not 0 < min_side <= 1:
+        raise ValueError(f"reframe share must be in (0, 1], got {min_side}")
+    f = float(rng.uniform(min_side, 1.0))
+    fh = float(np.clip(f * rng.uniform(0.9, 1.1), min_side, 1.0))
+    cw, ch = max(1, round(w * f)), max(1, round(h * fh))
+    bx0, by0, bx1, by1 = w, h, 0, 0  # the runner's box; empty without a mask
+    if mask is not None:
+        ys, xs = np.nonzero(np.asarray(mask) >= 0.5)
+        if ys.size:
+            bx0, by0, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+            cw, ch = max(cw, bx1 - bx0), max(ch, by1 - by0)
+    x_lo, x_hi = max(0, bx1 - cw), min(bx0, w - cw)
+    y_lo, y_hi = max(0, by1 - ch), min(by0, h - ch)
+    x0 = int(rng.integers(x_lo, x_hi + 1))
+    y0 = int(rng.integers(y_lo, y_hi + 1))
+    return x0, y0, x0 + cw, y0 + ch
+
+
+def _crop_to_work(
+    base: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Crop image and mask to `box`, then bring the crop down to the synthesis size if it is larger."""
+    x0, y0, x1, y1 = box
+    crop = base[y0:y1, x0:x1]
+    m = None if mask is None else np.asarray(mask)[y0:y1, x0:x1]
+    scale = WORK_LONG_SIDE / max(crop.shape[:2])
+    if scale < 1:
+        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        crop = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
+        if m is not None:
+            m = np.asarray(Image.fromarray(m.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
+    return np.ascontiguousarray(crop), m
 
 
 def _make_example_star(args: tuple[Job, Path, InputSpec, Path | None]) -> ManifestRow:

@@ -123,11 +123,13 @@ def plan_shipped_jobs(
     mix: Mapping[str, Mapping[str, int]] | None = None,
     train_floor: Mapping[str, float] | None = None,
     lens_softness_px: float = 0.0,
+    reframe: float = 0.0,
 ) -> list[Job]:
     """Jobs for every split: train per `mix` (default TRAIN_MIX) times `scale`, val a quarter of it, test
     TEST_PER_KIND per kind. `train_floor` (kind -> px at 2048) keeps training blur at or above a strength;
     val and test keep the full range, so recall below it is still measured. `lens_softness_px` (max sigma at
-    2048 px, see synthesis.lens_softness) applies to every job of every split alike."""
+    2048 px, see synthesis.lens_softness) applies to every job of every split alike. `reframe` (see
+    `Job.reframe`) applies to training jobs only, so validation and test keep the whole frames the engine sees."""
     rng = random.Random(seed)
     jobs: list[Job] = []
     for split, items in splits.items():
@@ -152,7 +154,7 @@ def plan_shipped_jobs(
                 floor = (train_floor or {}).get(kind, 0.0) if split == "train" else 0.0
                 for src in picks:
                     jobs.append(Job(split, label, src, kind, rng.randrange(2**31), min_strength_px=floor,
-                                    lens_softness_px=lens_softness_px))
+                                    lens_softness_px=lens_softness_px, reframe=reframe if split == "train" else 0.0))
     return [replace(j, out_name=f"{k:06d}_{_slug(j.source.path.stem)}_{j.kind}.png") for k, j in enumerate(jobs)]
 
 
@@ -169,6 +171,7 @@ def build_shipped_dataset(
     mix: Mapping[str, Mapping[str, int]] | None = None,
     train_floor: Mapping[str, float] | None = None,
     lens_softness_px: float = 0.0,
+    reframe: float = 0.0,
 ) -> list[ManifestRow]:
     """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
 
@@ -182,7 +185,7 @@ def build_shipped_dataset(
             return True
         return masks.load_shared_mask(s.path) is not None
 
-    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px)
+    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px, reframe)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for j in jobs:
         counts[(j.split, j.kind)] += 1
@@ -220,6 +223,9 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         raise FileNotFoundError(f"weights file not found: {weights}")
     if (getattr(args, "dense_weight", None) or 0.0) < 0:
         raise ValueError(f"--dense-weight must be >= 0, got {args.dense_weight}")
+    reframe = getattr(args, "reframe", 0.0) or 0.0
+    if not 0 <= reframe < 1:
+        raise ValueError(f"--reframe must be a share of each side in [0, 1) (0: off), got {reframe}")
     spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=parse_gap(getattr(args, "reducing_gap", None)))
     mix = parse_mix(getattr(args, "mix", []) or [])
     train_floor = VISIBLE_PX if getattr(args, "train_floor", "none") == "visible" else None
@@ -233,7 +239,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         rep.emit("step", step="prepare", index=1, total=4)
         rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log,
                                      getattr(args, "synth_seed", 0), mix, train_floor,
-                                     getattr(args, "lens_softness", 0.0) or 0.0)
+                                     getattr(args, "lens_softness", 0.0) or 0.0, reframe)
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:

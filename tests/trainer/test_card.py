@@ -113,3 +113,32 @@ def test_a_reader_that_went_away_gets_no_error_message(tmp_path: Path):
         os.close(write_end)
     assert proc.returncode == 1
     assert proc.stderr == b""  # neither a traceback nor "error: Broken pipe"
+
+
+def _probs(name: str, label: str, kind: str, strength: float, **probs: float) -> dict:
+    full = {"defocused_blurred": 0.0, "defocused_object_portrait": 0.0, "motion_blurred": 0.0, "sharp": 0.0, **probs}
+    top = max(full, key=lambda c: full[c])
+    return {**_pred(name, label, kind, top, strength), "probabilities": full}
+
+
+def test_blur_right_at_equal_false_alarms_moves_the_sharp_weight():
+    from trainer.card import blur_right_at_false_alarms
+
+    preds = [
+        _probs("s1", "sharp", "clean", 0.0, sharp=0.4, motion_blurred=0.6),  # t = 1.5: flagged at w = 1
+        _probs("s2", "sharp", "clean", 0.0, sharp=0.8, defocused_blurred=0.2),  # t = 0.25
+        _probs("b1", "motion_blurred", "shake", 30.0, sharp=0.3, motion_blurred=0.7),  # t = 2.33
+        _probs("b2", "motion_blurred", "shake", 30.0, sharp=0.45, motion_blurred=0.55),  # t = 1.22
+        _probs("b3", "defocused_blurred", "defocus", 12.0, sharp=0.1, motion_blurred=0.9),  # wrong type: never right
+        _probs("faint", "defocused_blurred", "defocus", 4.0, sharp=0.1, defocused_blurred=0.9),  # below visible
+    ]
+    assert blur_right_at_false_alarms(preds, 0) == (1, pytest.approx(1.5))  # w 1.5 clears s1 and also loses b2
+    assert blur_right_at_false_alarms(preds, 1) == (2, pytest.approx(0.25))
+    assert blur_right_at_false_alarms(preds, 2) == (2, 0.0)
+    assert blur_right_at_false_alarms([_pred("x", "sharp", "clean", "sharp")], 0) is None  # no probabilities
+
+    md = compare_evaluations([("a", _report(preds)), ("b", _report(preds))])
+    assert "at most k of the 2 sharp images are flagged" in md and "Visible blur right (of 3)" in md
+    assert "| 0 | 1 (w 1.5) | 1 (w 1.5) |" in md
+    a, b = _two_models()
+    assert "equal false alarms" not in compare_evaluations([("a", a), ("b", b)])  # hand-made reports: no probabilities

@@ -79,6 +79,61 @@ def test_lens_softness_applies_to_every_job_of_every_split() -> None:
     assert [replace(j, lens_softness_px=0.0) for j in soft] == plain
 
 
+def test_reframing_applies_to_training_jobs_only_and_never_moves_a_draw() -> None:
+    plain = plan_shipped_jobs(_splits(), lambda s: True, seed=1)
+    framed = plan_shipped_jobs(_splits(), lambda s: True, seed=1, reframe=0.5)
+    assert {j.reframe for j in framed if j.split == "train"} == {0.5}
+    assert {j.reframe for j in framed if j.split != "train"} == {0.0}
+    # which photo gets which blur, and every validation and test job, stay exactly as without the option
+    assert [replace(j, reframe=0.0) for j in framed] == plain
+
+
+def test_reframe_box_keeps_the_runner_whole_and_each_side_above_the_share() -> None:
+    from trainer.dataset import reframe_box
+
+    h, w = 400, 600
+    mask = np.zeros((h, w), np.float32)
+    mask[150:390, 40:160] = 1.0  # a runner near the left edge
+    sizes = []
+    for seed in range(200):
+        x0, y0, x1, y1 = reframe_box((h, w), np.random.default_rng(seed), 0.5, mask)
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert x0 <= 40 and x1 >= 160 and y0 <= 150 and y1 >= 390, (x0, y0, x1, y1)
+        assert x1 - x0 >= 0.5 * w - 1 and y1 - y0 >= 0.5 * h - 1
+        sizes.append((x1 - x0) / w)
+        free = reframe_box((h, w), np.random.default_rng(seed), 0.5)
+        assert free[2] - free[0] >= 0.5 * w - 1 and free[3] - free[1] >= 0.5 * h - 1
+    assert min(sizes) < 0.6 and max(sizes) > 0.9  # the whole range of framings is drawn
+    with pytest.raises(ValueError, match="reframe"):
+        reframe_box((h, w), np.random.default_rng(0), 0.0)
+
+
+def test_reframed_examples_crop_half_the_photos_and_record_the_crop(tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from trainer.dataset import Job, make_example
+
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 900, 3), dtype=np.uint8)).save(src)
+    spec = InputSpec(size=64, resize="stretch")
+    crops = []
+    for seed in range(16):
+        job = Job("train", SHARP, SourceImage(src, SHARP, "g"), "clean", seed, f"{seed}.png", reframe=0.5)
+        row = make_example(job, tmp_path / "out", spec, None)
+        assert not row.error and (tmp_path / "out" / row.file).is_file()
+        params = json.loads(row.params)
+        if "reframe_x0" in params:
+            side = params["reframe_x1"] - params["reframe_x0"]
+            assert 0.49 <= side <= 1.0 and params["reframe_y1"] - params["reframe_y0"] >= 0.49
+            crops.append(side)
+    assert 3 <= len(crops) <= 13  # about half (REFRAME_SHARE) of the examples
+    plain = make_example(Job("train", SHARP, SourceImage(src, SHARP, "g"), "clean", 3, "p.png"), tmp_path / "out",
+                         spec, None)
+    assert "reframe_x0" not in json.loads(plain.params)
+
+
 def test_floored_jobs_synthesise_blur_at_or_above_the_floor(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -124,6 +179,8 @@ def test_shipped_checks_its_options_before_touching_the_work_folder(tmp_path: Pa
     assert "--mix" in capsys.readouterr().err
     assert train_main([*base, "--dense-weight", "-1"]) == 1
     assert "--dense-weight must be >= 0" in capsys.readouterr().err
+    assert train_main([*base, "--reframe", "1.5"]) == 1
+    assert "--reframe must be" in capsys.readouterr().err
     assert keep.exists()
 
 
