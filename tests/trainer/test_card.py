@@ -142,3 +142,15 @@ def test_blur_right_at_equal_false_alarms_moves_the_sharp_weight():
     assert "| 0 | 1 (w 1.5) | 1 (w 1.5) |" in md
     a, b = _two_models()
     assert "equal false alarms" not in compare_evaluations([("a", a), ("b", b)])  # hand-made reports: no probabilities
+
+
+def test_real_blurred_photos_count_at_equal_false_alarms_as_in_the_paired_counts():
+    from trainer.card import blur_right_at_false_alarms
+
+    preds = [
+        _probs("s1", "sharp", "original", 0.0, sharp=0.9, motion_blurred=0.1),
+        _probs("real", "motion_blurred", "original", 0.0, sharp=0.2, motion_blurred=0.8),  # a user's own blurred photo
+    ]
+    assert blur_right_at_false_alarms(preds, 0) == (1, pytest.approx(0.1 / 0.9))
+    md = compare_evaluations([("a", _report(preds)), ("b", _report(preds))])
+    assert "Visible blur right (of 1)" in md and "- visible blur: a only 0, b only 0" in md
