@@ -33,7 +33,9 @@ REFRAME=${REFRAME:-0}
 START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
 mkdir -p "$WORK"
-[ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import ultralytics" 2>/dev/null || bash scripts/install.sh --train
+# (find_spec, not an import: importing ultralytics writes a settings file outside its private config folder)
+[ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('ultralytics') is None)" \
+  || bash scripts/install.sh --train
 
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
 MPPY=$(bash scripts/mediapipe_venv.sh "$WORK/mediapipe-venv")

@@ -21,9 +21,13 @@ JPEG_QUALITY = 92
 
 
 def _assets_dir() -> Path:
-    import ultralytics
+    """ultralytics' bundled sample photos, found without importing it (an import writes its settings file)."""
+    import importlib.util
 
-    return Path(ultralytics.__file__).resolve().parent / "assets"
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or spec.origin is None:
+        raise SystemExit("ultralytics is not installed: bash scripts/install.sh --train")
+    return Path(spec.origin).resolve().parent / "assets"
 
 
 def make_samples(out_dir: Path, sources: tuple[str, ...] = SOURCES) -> list[dict[str, object]]:
