@@ -224,8 +224,8 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     if (getattr(args, "dense_weight", None) or 0.0) < 0:
         raise ValueError(f"--dense-weight must be >= 0, got {args.dense_weight}")
     reframe = getattr(args, "reframe", 0.0) or 0.0
-    if not 0 <= reframe < 1:
-        raise ValueError(f"--reframe must be a share of each side in [0, 1) (0: off), got {reframe}")
+    if not 0 <= reframe <= 1:  # the bounds of trainer.dataset.reframe_box, plus 0 for off
+        raise ValueError(f"--reframe must be a share of each side in (0, 1] (0: off), got {reframe}")
     spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=parse_gap(getattr(args, "reducing_gap", None)))
     mix = parse_mix(getattr(args, "mix", []) or [])
     train_floor = VISIBLE_PX if getattr(args, "train_floor", "none") == "visible" else None
