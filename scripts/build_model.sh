@@ -11,6 +11,8 @@
 # made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
+# PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
+# default 0.5) and starts stage 1 from those weights (measured in MODEL_CARD.md).
 # Measured: 1 h 33 min wall time in all. Re-running it after an interruption resumes: masks are cached, datasets
 # are reused, and training continues from the last checkpoint of the stage that was running.
 #
@@ -32,6 +34,8 @@ EPOCHS=${EPOCHS:-100}
 REFRAME=${REFRAME:-0}
 START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
+PRETRAIN=${PRETRAIN:-0}
+PRE_HOURS=${PRE_HOURS:-0.5}
 mkdir -p "$WORK"
 # (find_spec, not an import: importing ultralytics writes a settings file outside its private config folder)
 [ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('ultralytics') is None)" \
@@ -41,6 +45,13 @@ mkdir -p "$WORK"
 MPPY=$(bash scripts/mediapipe_venv.sh "$WORK/mediapipe-venv")
 mapfile -t PHOTOS < <(find "$SHARED/race" "$SHARED/race_misc" "$SHARED/bokeh" -iname '*.jpg' | sort)
 "$MPPY" trainer/masks.py --out "$WORK/masks" "${PHOTOS[@]}"
+
+# 1b. PRETRAIN=1: dead-leaves pictures -> the shipped mix of synthesis -> YOLOv8n-cls from scratch; stage 1 starts
+#     from its weights (resumable like the rest: the corpus, the dataset and a finished run are kept).
+if [ "$PRETRAIN" = 1 ] && [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
+  .venv/bin/blurflag-train pretrain --work "$WORK/pretrain" --hours "$PRE_HOURS" | tee -a "$WORK/build.log"
+  START_ARGS=(--weights "$WORK/pretrain/pretrained.pt")
+fi
 
 # 2-4. Stage 1: dataset (split by group, whole races held out), time-boxed training, export with parity check,
 #      evaluation. Skipped once its model exists.

@@ -150,6 +150,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="'visible': synthesise training blur only at or above the card's clearly-visible strength "
                          "(val and test keep the full range)")
 
+    sp = sub.add_parser("pretrain", help="pretrain YOLOv8n-cls on synthetic dead-leaves pictures (a clean start "
+                        "for `shipped --weights`; see trainer/pretrain.py)")
+    sp.add_argument("--work", type=Path, required=True, help="work folder: corpus, dataset, runs (resumable)")
+    sp.add_argument("--pictures", type=int, default=4150, help="dead-leaves pictures to render (default 4150)")
+    sp.add_argument("--val-pictures", type=int, default=150, help="of those, held out to choose the epoch")
+    sp.add_argument("--scale", type=float, default=2.5,
+                    help="training examples: the shipped mix times this (default 2.5: 6,000)")
+    sp.add_argument("--val-scale", type=float, default=1.0,
+                    help="validation examples: a quarter of the shipped mix times this, plus each picture once")
+    sp.add_argument("--hours", type=float, default=0.5, help="training time budget (0: epochs only)")
+    sp.add_argument("--epochs", type=int, default=40)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--workers", type=int, default=2)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--imgsz", type=int, default=224)
+    sp.add_argument("--reducing-gap", type=float, default=TRAIN_REDUCING_GAP)
+
     sp = sub.add_parser("train", help="fine-tune YOLOv8n-cls on a prepared dataset")
     sp.add_argument("dataset", type=Path)
     sp.add_argument("--work", type=Path, required=True, help="work folder for runs and checkpoints")
@@ -298,6 +315,10 @@ def _main(argv: Sequence[str] | None) -> int:
             from trainer.shipped import rebuild_shipped_model
 
             code = rebuild_shipped_model(args, rep, stop)
+        elif args.command == "pretrain":
+            from trainer.pretrain import pretrain
+
+            code = pretrain(args, rep, stop)
         elif args.command == "compare":
             from trainer.card import compare_evaluations
 

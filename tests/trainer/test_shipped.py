@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -155,15 +154,6 @@ def test_floored_jobs_synthesise_blur_at_or_above_the_floor(tmp_path: Path) -> N
     free = make_example(Job("train", "defocused_blurred", SourceImage(src, SHARP, "g"), "defocus", 1, "f.png"),
                         tmp_path / "out", spec, None)
     assert lo <= free.strength_px <= hi
-
-
-@pytest.fixture
-def _keep_signal_handlers():
-    """`blurflag-train` installs SIGINT/SIGTERM handlers; give pytest its own back afterwards."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
 
 
 @pytest.mark.usefixtures("_keep_signal_handlers")
