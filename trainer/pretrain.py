@@ -87,8 +87,7 @@ def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
         spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=args.reducing_gap)
         tmp = work / "dataset.partial"
         rows = build_pretrain_dataset(work / "corpus", tmp, spec, args.val_pictures, args.scale, args.val_scale,
-                                      args.seed,
-                                      args.workers, VISIBLE_PX, rep.log)
+                                      args.seed, args.workers, VISIBLE_PX, rep.log)
         tmp.replace(dataset)  # the manifest marks a finished dataset only once every example is written
     rep.log(count_table(rows))
     rep.log(f"dataset ready after {time.monotonic() - t0:.0f} s")
