@@ -18,13 +18,8 @@ from typing import Any
 
 from engine.model import SHARP
 from engine.preprocess import InputSpec
-from trainer.dataset import ManifestRow, Progress, SourceImage, write_dataset
+from trainer.dataset import MANIFEST, ManifestRow, Progress, SourceImage, write_dataset
 
-#: Defaults of the measured run (models/MODEL_CARD.md): 4,000 training pictures made into 6,000 examples of the
-#: shipped mix (2.5x), 150 validation pictures for choosing the epoch.
-TRAIN_PICTURES = 4000
-VAL_PICTURES = 150
-SCALE = 2.5
 #: The finished run's weights in the work folder (best epoch by validation top-1).
 PRETRAINED = "pretrained.pt"
 
@@ -33,8 +28,8 @@ def build_pretrain_dataset(
     corpus: Path,
     out_dir: Path,
     spec: InputSpec,
-    val_pictures: int = VAL_PICTURES,
-    scale: float = SCALE,
+    val_pictures: int,
+    scale: float,
     val_scale: float = 1.0,
     seed: int = 0,
     workers: int = 2,
@@ -44,8 +39,6 @@ def build_pretrain_dataset(
     """The shipped mix (times `scale`) made from a dead-leaves corpus: the first `val_pictures` pictures are the
     validation split (a quarter of the mix times `val_scale`, plus each picture once, sharp), the rest the training
     split, so no picture is in both."""
-    from dataclasses import replace
-
     from trainer.deadleaves import corpus_items
     from trainer.shipped import plan_shipped_jobs
 
@@ -55,11 +48,10 @@ def build_pretrain_dataset(
     sources = [SourceImage(it.image, SHARP, f"deadleaves:{it.image.stem}") for it in items]
     train = plan_shipped_jobs({"train": sources[val_pictures:]}, lambda _s: True, seed, scale, None, train_floor)
     val = plan_shipped_jobs({"val": sources[:val_pictures]}, lambda _s: True, seed + 1, val_scale)
-    jobs = [replace(j, out_name=f"{k:06d}_{j.source.path.stem}_{j.kind}.png") for k, j in enumerate(train + val)]
     if progress:
         progress(f"pretraining dataset: {len(train)} training and {len(val)} validation examples from "
                  f"{len(items)} dead-leaves pictures")
-    return write_dataset(out_dir, jobs, spec, workers, None, progress)
+    return write_dataset(out_dir, train + val, spec, workers, None, progress)
 
 
 def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
@@ -72,23 +64,25 @@ def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
     t0 = time.monotonic()
     work = Path(args.work).resolve()
     dataset = work / "dataset"
+    out = work / PRETRAINED
     if args.pictures <= args.val_pictures:
         raise ValueError(f"--pictures ({args.pictures}) must exceed --val-pictures ({args.val_pictures})")
+    if out.is_file():
+        rep.log(f"already trained: {out}")
+        return 0
     rep.emit("step", step="render", index=1, total=3)
     write_corpus(work / "corpus", args.pictures, args.seed, args.workers, rep.log, stop)
     rep.log(f"corpus ready after {time.monotonic() - t0:.0f} s")
     if stop.is_set():
         return 130
-    if (dataset / "manifest.csv").is_file():
+    if (dataset / MANIFEST).is_file():  # written last: a finished dataset
         rows = read_manifest(dataset)
         rep.log("reusing the prepared dataset")
     else:
         rep.emit("step", step="prepare", index=2, total=3)
         spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=args.reducing_gap)
-        tmp = work / "dataset.partial"
-        rows = build_pretrain_dataset(work / "corpus", tmp, spec, args.val_pictures, args.scale, args.val_scale,
+        rows = build_pretrain_dataset(work / "corpus", dataset, spec, args.val_pictures, args.scale, args.val_scale,
                                       args.seed, args.workers, VISIBLE_PX, rep.log)
-        tmp.replace(dataset)  # the manifest marks a finished dataset only once every example is written
     rep.log(count_table(rows))
     rep.log(f"dataset ready after {time.monotonic() - t0:.0f} s")
     if stop.is_set():
@@ -97,10 +91,6 @@ def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
     def on_epoch(s: EpochStats) -> None:
         rep.emit("epoch", epoch=s.epoch, epochs=s.epochs, loss=s.loss, top1=s.top1, val_loss=s.val_loss)
 
-    out = work / PRETRAINED
-    if out.is_file():
-        rep.log(f"already trained: {out}")
-        return 0
     rep.emit("step", step="train", index=3, total=3)
     kw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours or None, "patience": args.epochs}
     if args.threads:
