@@ -178,6 +178,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("model_dir", type=Path)
     sp.add_argument("--dataset", type=Path, help="prepared dataset (input spec + parity images)")
 
+    sp = sub.add_parser("ensemble", help="one ONNX model from several exported ones: the members side by side, "
+                        "their probabilities averaged (the engine runs it like any model)")
+    sp.add_argument("model_dir", type=Path, help="the folder to write (blurflag.onnx + class_names.json)")
+    sp.add_argument("members", type=Path, nargs="+", help="exported model folders (or their .onnx files)")
+    sp.add_argument("--combine", choices=("mean", "geomean"), default="mean",
+                    help="average the probabilities (mean) or the log-probabilities (geomean); default mean")
+    sp.add_argument("--dataset", type=Path, help="a prepared dataset whose images check the merged graph")
+
     sp = sub.add_parser("evaluate", help="evaluate an exported model folder through the engine")
     sp.add_argument("model_dir", type=Path)
     sp.add_argument("dataset", type=Path)
@@ -377,6 +385,14 @@ def _main(argv: Sequence[str] | None) -> int:
             report = export_onnx(args.weights, args.model_dir, spec, images)
             print(f"exported {report.model_dir}: classes {list(report.names)}; "
                   f"parity max |dp| = {report.max_abs_diff:.2e} on {report.images_checked} images")
+            code = 0
+        elif args.command == "ensemble":
+            from trainer.ensemble import build_ensemble
+
+            images = _parity_images(args.dataset) if args.dataset else []
+            ens = build_ensemble(args.members, args.model_dir, args.combine, images)
+            print(f"wrote {ens.model_dir}: {ens.members} members, classes {list(ens.names)}; "
+                  f"parity max |dp| = {ens.max_abs_diff:.2e} on {ens.images_checked} images")
             code = 0
         elif args.command == "evaluate":
             from trainer.evaluate import evaluate, format_report, write_report

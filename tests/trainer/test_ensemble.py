@@ -1,0 +1,118 @@
+"""`blurflag-train ensemble`: several exported models merged into one ONNX graph the engine runs unchanged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.model import load_classifier
+from engine.preprocess import load_model_input
+from tests.toydata import scene
+
+onnx = pytest.importorskip("onnx", reason="needs the train extra (onnx)")
+from onnx import numpy_helper
+
+from trainer.cli import main
+from trainer.ensemble import ENSEMBLE_METADATA_KEY, build_ensemble, combine_probabilities
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def _member(tmp_path: Path, name: str, bias: list[float] | None = None, **meta: str) -> Path:
+    """A copy of the bundled model, its last layer's bias shifted (so members disagree) and metadata overridden."""
+    out = tmp_path / name
+    out.mkdir()
+    shutil.copy2(MODELS / "class_names.json", out / "class_names.json")
+    proto = onnx.load(str(MODELS / "blurflag.onnx"))
+    if bias is not None:
+        for init in proto.graph.initializer:
+            if init.name == "model.9.linear.bias":
+                shifted = numpy_helper.to_array(init) + np.asarray(bias, dtype=np.float32)
+                init.CopyFrom(numpy_helper.from_array(shifted.astype(np.float32), init.name))
+    for p in proto.metadata_props:
+        if p.key in meta:
+            p.value = meta[p.key]
+    onnx.save(proto, str(out / "blurflag.onnx"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("members")
+    return [_member(tmp, "a"), _member(tmp, "b", bias=[3.0, -1.0, 2.0, -4.0])]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i in range(4):
+        p = tmp / f"p{i}.png"
+        scene(i, (300, 200)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("combine", ["mean", "geomean"])
+def test_ensemble_gives_the_members_combined_probabilities(members, photos, tmp_path: Path, combine: str) -> None:
+    report = build_ensemble(members, tmp_path / "ens", combine, photos)
+    assert report.members == 2 and report.images_checked == 4 and report.max_abs_diff <= 1e-5
+
+    ens = load_classifier(tmp_path / "ens")
+    one = load_classifier(members[0])
+    two = load_classifier(members[1])
+    assert ens.names == one.names and ens.spec == one.spec  # the engine reads the same input pipeline
+    batch = np.stack([load_model_input(p, ens.spec) for p in photos])
+    p1, p2, pe = one.predict(batch), two.predict(batch), ens.predict(batch)
+    assert np.abs(p1 - p2).max() > 0.05  # the members really disagree, so the check below means something
+    if combine == "mean":
+        expected = (p1 + p2) / 2
+    else:
+        g = np.sqrt(p1 * p2)
+        expected = g / g.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(pe, expected, atol=1e-5)
+    np.testing.assert_allclose(combine_probabilities([p1, p2], combine), expected, atol=1e-9)
+    np.testing.assert_allclose(pe.sum(axis=1), 1.0, atol=1e-5)
+
+    meta = json.loads(ens.info.metadata[ENSEMBLE_METADATA_KEY])
+    assert meta["combine"] == combine and len(meta["members"]) == 2
+    assert all(len(m["sha256"]) == 64 for m in meta["members"])
+    # a full classification through the engine's public path, as the app makes it
+    result = ens.classify(photos[0], "motion_blurred")
+    assert result.ok and result.blur_type_probability == pytest.approx(pe[0][ens.names.index("motion_blurred")],
+                                                                       abs=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("imgsz", "[256, 256]"), ("blurflag_reducing_gap", "none"),
+                                        ("blurflag_resize", "center_crop")])
+def test_members_that_disagree_on_the_input_pipeline_are_refused(members, tmp_path: Path, key: str,
+                                                                 value: str) -> None:
+    odd = _member(tmp_path, "odd", **{key: value})
+    with pytest.raises(ValueError, match=key):
+        build_ensemble([members[0], odd], tmp_path / "ens")
+    assert not (tmp_path / "ens" / "blurflag.onnx").exists()
+
+
+def test_bad_requests_fail_clearly_and_touch_no_member(members, tmp_path: Path) -> None:
+    before = [(m / "blurflag.onnx").read_bytes() for m in members]
+    with pytest.raises(ValueError, match="at least two"):
+        build_ensemble(members[:1], tmp_path / "one")
+    with pytest.raises(ValueError, match="holds a member"):
+        build_ensemble(members, members[1])
+    with pytest.raises(FileNotFoundError):
+        build_ensemble([members[0], tmp_path / "nothing"], tmp_path / "ens")
+    with pytest.raises(ValueError, match="combine"):
+        build_ensemble(members, tmp_path / "ens", "median")
+    assert [(m / "blurflag.onnx").read_bytes() for m in members] == before
+
+
+def test_cli_writes_a_model_the_engine_loads(members, photos, tmp_path: Path, capsys) -> None:
+    assert main(["ensemble", str(tmp_path / "ens"), str(members[0]), str(members[1] / "blurflag.onnx")]) == 0
+    assert "2 members" in capsys.readouterr().out
+    assert load_classifier(tmp_path / "ens").classify(photos[1]).ok
+    assert main(["ensemble", str(tmp_path / "bad"), str(members[0]), str(tmp_path / "missing")]) == 1
+    assert "no model at" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""Several exported models -> one ONNX model the engine runs unchanged: the members side by side on the same input,
+their class probabilities averaged.
+
+Inference is a small part of the engine's per-image cost (1.4 ms of a 24 MP photo's ~70 ms, bench/README.md), so
+a few members cost little at run time. The members must agree on everything the engine reads from a model: class
+names, input size, resize mode and reducing gap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engine import __version__
+from engine.model import CLASS_NAMES_FILE, REDUCING_GAP_METADATA_KEY, RESIZE_METADATA_KEY, load_classifier
+from engine.preprocess import load_model_input
+from trainer.export import ONNX_NAME
+
+if TYPE_CHECKING:
+    import onnx
+
+#: ONNX metadata key listing the members of an ensemble (JSON: file name, sha256 of each member's ONNX, combine rule).
+ENSEMBLE_METADATA_KEY = "blurflag_ensemble"
+#: The metadata every member must share (what the engine reads from a model).
+MUST_AGREE = ("names", "imgsz", RESIZE_METADATA_KEY, REDUCING_GAP_METADATA_KEY)
+COMBINE_RULES = ("mean", "geomean")
+PARITY_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class EnsembleReport:
+    model_dir: Path
+    members: int
+    names: tuple[str, ...]
+    max_abs_diff: float
+    images_checked: int
+
+
+def _member_file(path: Path) -> Path:
+    """A member given as a model folder (the engine's layout) or as its .onnx file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ONNX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}")
+    return path
+
+
+def merge_onnx(member_files: Sequence[Path], combine: str = "mean") -> onnx.ModelProto:
+    """One ONNX graph running every member on the shared input and averaging their probabilities.
+
+    `mean` averages the probabilities; `geomean` averages log-probabilities and renormalises (a Softmax)."""
+    import onnx
+    from onnx import TensorProto, compose, helper
+
+    if combine not in COMBINE_RULES:
+        raise ValueError(f"combine must be one of {COMBINE_RULES}, not {combine!r}")
+    if len(member_files) < 2:
+        raise ValueError("an ensemble needs at least two members")
+    protos = [onnx.load(str(f)) for f in member_files]
+    metas = [{p.key: p.value for p in m.metadata_props} for m in protos]
+    for f, m, meta in zip(member_files, protos, metas):
+        if len(m.graph.input) != 1 or len(m.graph.output) != 1:
+            raise ValueError(f"{f}: expected one input and one output, got {len(m.graph.input)} and "
+                             f"{len(m.graph.output)}")
+        for key in MUST_AGREE:
+            if meta.get(key) != metas[0].get(key):
+                raise ValueError(f"{f}: its {key!r} ({meta.get(key)!r}) differs from the first member's "
+                                 f"({metas[0].get(key)!r})")
+        if sorted((o.domain, o.version) for o in m.opset_import) != \
+                sorted((o.domain, o.version) for o in protos[0].opset_import):
+            raise ValueError(f"{f}: exported with other opsets than the first member; export both alike")
+    first = protos[0]
+    input_name = first.graph.input[0].name
+    nodes, inits, infos, outs = [], [], [], []
+    for i, m in enumerate(protos):
+        p = compose.add_prefix(m, f"m{i}/")
+        g = p.graph
+        nodes.append(helper.make_node("Identity", [input_name], [g.input[0].name], name=f"m{i}/input"))
+        nodes.extend(g.node)
+        inits.extend(g.initializer)
+        infos.extend(g.value_info)
+        outs.append(g.output[0].name)
+    n = len(protos)
+    scale = helper.make_tensor("ensemble/scale", TensorProto.FLOAT, [], [1.0 / n])
+    eps = helper.make_tensor("ensemble/eps", TensorProto.FLOAT, [], [1e-12])
+    inits.extend([scale, eps])
+    output_name = first.graph.output[0].name
+    if combine == "mean":
+        nodes.append(helper.make_node("Sum", outs, ["ensemble/sum"], name="ensemble/sum"))
+        nodes.append(helper.make_node("Mul", ["ensemble/sum", "ensemble/scale"], [output_name], name="ensemble/mean"))
+    else:
+        logs = []
+        for i, o in enumerate(outs):
+            nodes.append(helper.make_node("Add", [o, "ensemble/eps"], [f"ensemble/p{i}"], name=f"ensemble/eps{i}"))
+            nodes.append(helper.make_node("Log", [f"ensemble/p{i}"], [f"ensemble/log{i}"], name=f"ensemble/log{i}"))
+            logs.append(f"ensemble/log{i}")
+        nodes.append(helper.make_node("Sum", logs, ["ensemble/sum"], name="ensemble/sum"))
+        nodes.append(helper.make_node("Mul", ["ensemble/sum", "ensemble/scale"], ["ensemble/meanlog"],
+                                      name="ensemble/meanlog"))
+        nodes.append(helper.make_node("Softmax", ["ensemble/meanlog"], [output_name], axis=1, name="ensemble/softmax"))
+    graph = helper.make_graph(nodes, "blurflag_ensemble", [first.graph.input[0]], [first.graph.output[0]],
+                              initializer=inits, value_info=infos)
+    model = helper.make_model(graph, opset_imports=list(first.opset_import), producer_name="blurflag-train ensemble")
+    model.ir_version = first.ir_version
+    meta = dict(metas[0])
+    meta["blurflag_version"] = __version__
+    meta[ENSEMBLE_METADATA_KEY] = json.dumps({
+        "combine": combine,
+        "members": [{"file": Path(f).parent.name + "/" + Path(f).name,
+                     "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()} for f in member_files],
+    })
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=str(v))
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_ensemble(
+    members: Sequence[Path],
+    model_dir: Path,
+    combine: str = "mean",
+    parity_images: Sequence[Path] = (),
+) -> EnsembleReport:
+    """Write `model_dir/blurflag.onnx` + `class_names.json` for the ensemble of `members` (model folders or .onnx
+    files) and check, through the engine, that it gives the members' combined probabilities on `parity_images`."""
+    import onnx
+
+    files = [_member_file(m) for m in members]
+    model_dir = Path(model_dir)
+    if model_dir.resolve() in {f.parent.resolve() for f in files}:
+        raise ValueError(f"{model_dir} holds a member; write the ensemble to another folder")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    others = [p for p in model_dir.glob("*.onnx") if p.name != ONNX_NAME]
+    if others:
+        raise FileExistsError(f"{model_dir} already holds another model ({others[0].name}); use an empty folder")
+    merged = merge_onnx(files, combine)
+    names = tuple(str(n) for n in json.loads((files[0].parent / CLASS_NAMES_FILE).read_text(encoding="utf-8")))
+    staged = model_dir / (ONNX_NAME + ".tmp")
+    onnx.save(merged, str(staged))
+    staged.replace(model_dir / ONNX_NAME)
+    (model_dir / CLASS_NAMES_FILE).write_text(json.dumps(list(names), indent=2) + "\n", encoding="utf-8")
+    diff = float("nan")
+    if parity_images:
+        diff = ensemble_parity(files, model_dir, parity_images, combine)
+        if not diff <= PARITY_TOLERANCE:
+            raise RuntimeError(f"ensemble parity failed: max |dp| = {diff:.2e} > {PARITY_TOLERANCE:.0e}")
+    return EnsembleReport(model_dir, len(files), names, diff, len(parity_images))
+
+
+def combine_probabilities(probs: Sequence[np.ndarray], combine: str = "mean") -> np.ndarray:
+    """The members' probabilities (each N x C) combined the way the merged graph does it."""
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in probs])
+    if combine == "mean":
+        return stack.mean(axis=0)
+    z = np.log(stack + 1e-12).mean(axis=0)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def ensemble_parity(member_files: Sequence[Path], model_dir: Path, images: Sequence[Path], combine: str) -> float:
+    """Max |difference| between the merged model and the members run one by one, through the engine."""
+    ensemble = load_classifier(model_dir)
+    batch = np.stack([load_model_input(p, ensemble.spec) for p in images])
+    member_probs = []
+    with tempfile.TemporaryDirectory(prefix="blurflag-member-") as tmp:
+        for i, f in enumerate(member_files):
+            d = Path(tmp) / str(i)  # a member's folder may hold other files; load exactly this .onnx
+            d.mkdir()
+            shutil.copy2(f, d / ONNX_NAME)
+            shutil.copy2(f.parent / CLASS_NAMES_FILE, d / CLASS_NAMES_FILE)
+            member_probs.append(load_classifier(d).predict(batch))
+    return float(np.abs(ensemble.predict(batch) - combine_probabilities(member_probs, combine)).max())
