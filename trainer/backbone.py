@@ -180,7 +180,12 @@ def import_backbone(
     if is_onnx:
         import onnx
 
+        from trainer.ensemble import is_ensemble, member_model
+
         proto = onnx.load(str(source))
+        if is_ensemble(proto):  # e.g. the bundled model: start from its first member (the recipe's own network)
+            proto = member_model(proto, 0)
+            say(f"{source.name} is an ensemble: starting from its first member")
     keep_head = is_onnx and bool(class_names) and _onnx_class_names(proto) == tuple(class_names)
     layers = BACKBONE_LAYERS + 1 if keep_head else BACKBONE_LAYERS
     net: Any = ClassificationModel("yolov8n-cls.yaml", nc=len(class_names) if keep_head else 1000, verbose=False)

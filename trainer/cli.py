@@ -189,7 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="evaluate an exported model folder through the engine")
     sp.add_argument("model_dir", type=Path)
     sp.add_argument("dataset", type=Path)
-    sp.add_argument("--split", default="val")
+    sp.add_argument("--split", default="val",
+                    help="the split to evaluate (default val); 'triplets': DATASET is the shared data folder and the "
+                         "nine photos of its three real Kwentar triplets are evaluated")
     sp.add_argument("--json", type=Path, help="write the full report as JSON here")
 
     sp = sub.add_parser("run", help="prepare -> train -> export -> evaluate")
@@ -395,9 +397,17 @@ def _main(argv: Sequence[str] | None) -> int:
                   f"parity max |dp| = {ens.max_abs_diff:.2e} on {ens.images_checked} images")
             code = 0
         elif args.command == "evaluate":
-            from trainer.evaluate import evaluate, format_report, write_report
+            from trainer.evaluate import evaluate, evaluate_samples, format_report, write_report
 
-            ev = evaluate(args.model_dir, args.dataset, args.split)
+            if args.split == "triplets":
+                from trainer.shipped import triplet_samples
+
+                samples = triplet_samples(args.dataset)
+                if not samples:
+                    raise FileNotFoundError(f"no real triplets under {args.dataset / 'kwentar' / 'real_triplets'}")
+                ev = evaluate_samples(args.model_dir, samples)
+            else:
+                ev = evaluate(args.model_dir, args.dataset, args.split)
             if args.json:  # before printing, so a reader that stops early (`| head`) does not lose it
                 write_report(ev, args.json)
             print(format_report(ev))

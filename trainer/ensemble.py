@@ -27,7 +27,8 @@ from trainer.export import ONNX_NAME
 if TYPE_CHECKING:
     import onnx
 
-#: ONNX metadata key listing the members of an ensemble (JSON: file name, sha256 of each member's ONNX, combine rule).
+#: ONNX metadata key listing the members of an ensemble (JSON: the combine rule; each member's file, as its last three
+#: path parts, and sha256).
 ENSEMBLE_METADATA_KEY = "blurflag_ensemble"
 #: The metadata every member must share (what the engine reads from a model).
 MUST_AGREE = ("names", "imgsz", RESIZE_METADATA_KEY, REDUCING_GAP_METADATA_KEY)
@@ -91,13 +92,13 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean") -> onnx.Mode
         outs.append(g.output[0].name)
     n = len(protos)
     scale = helper.make_tensor("ensemble/scale", TensorProto.FLOAT, [], [1.0 / n])
-    eps = helper.make_tensor("ensemble/eps", TensorProto.FLOAT, [], [1e-12])
-    inits.extend([scale, eps])
+    inits.append(scale)
     output_name = first.graph.output[0].name
     if combine == "mean":
         nodes.append(helper.make_node("Sum", outs, ["ensemble/sum"], name="ensemble/sum"))
         nodes.append(helper.make_node("Mul", ["ensemble/sum", "ensemble/scale"], [output_name], name="ensemble/mean"))
     else:
+        inits.append(helper.make_tensor("ensemble/eps", TensorProto.FLOAT, [], [1e-12]))
         logs = []
         for i, o in enumerate(outs):
             nodes.append(helper.make_node("Add", [o, "ensemble/eps"], [f"ensemble/p{i}"], name=f"ensemble/eps{i}"))
@@ -115,7 +116,7 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean") -> onnx.Mode
     meta["blurflag_version"] = __version__
     meta[ENSEMBLE_METADATA_KEY] = json.dumps({
         "combine": combine,
-        "members": [{"file": Path(f).parent.name + "/" + Path(f).name,
+        "members": [{"file": "/".join(Path(f).parts[-3:]),
                      "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()} for f in member_files],
     })
     for k, v in meta.items():
@@ -179,3 +180,70 @@ def ensemble_parity(member_files: Sequence[Path], model_dir: Path, images: Seque
             shutil.copy2(f.parent / CLASS_NAMES_FILE, d / CLASS_NAMES_FILE)
             member_probs.append(load_classifier(d).predict(batch))
     return float(np.abs(ensemble.predict(batch) - combine_probabilities(member_probs, combine)).max())
+
+
+def is_ensemble(proto: onnx.ModelProto) -> bool:
+    """Whether `proto` was written by `merge_onnx`."""
+    return any(p.key == ENSEMBLE_METADATA_KEY for p in proto.metadata_props)
+
+
+def member_model(proto: onnx.ModelProto, index: int = 0) -> onnx.ModelProto:
+    """Member `index` of an ensemble written by `merge_onnx`, as the stand-alone model it was (names unprefixed),
+    e.g. to start training from its weights."""
+    from onnx import helper
+
+    prefix = f"m{index}/"
+    graph = proto.graph
+    ident = [n for n in graph.node if n.name == f"{prefix}input"]
+    if not is_ensemble(proto) or not ident:
+        raise ValueError(f"not an ensemble with a member {index}")
+    member_input = ident[0].output[0]
+    outer_in, outer_out = graph.input[0].name, graph.output[0].name
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def member_output(edge: str) -> str:  # back through the combining nodes to a member's own output
+        while edge in producer and producer[edge].name.startswith("ensemble/"):
+            edge = producer[edge].input[0]
+        return edge
+
+    sums = [n for n in graph.node if n.name == "ensemble/sum"]
+    member_outputs = [member_output(i) for i in sums[0].input] if sums else []
+    if index >= len(member_outputs):
+        raise ValueError(f"the ensemble has {len(member_outputs)} members, not {index + 1}")
+    rename = {member_input: outer_in, member_outputs[index]: outer_out}
+
+    def name(n: str) -> str:
+        if n in rename:
+            return rename[n]
+        return n.removeprefix(prefix)
+
+    nodes = []
+    for n in graph.node:
+        if not n.name.startswith(prefix) or n.name == f"{prefix}input":
+            continue
+        copy = helper.make_node(n.op_type, [name(i) for i in n.input], [name(o) for o in n.output],
+                                name=name(n.name), domain=n.domain or None)
+        copy.attribute.extend(n.attribute)
+        nodes.append(copy)
+    inits = []
+    for init in graph.initializer:
+        if init.name.startswith(prefix):
+            t = type(init)()
+            t.CopyFrom(init)
+            t.name = name(init.name)
+            inits.append(t)
+    infos = []
+    for vi in graph.value_info:
+        if vi.name.startswith(prefix):
+            v = type(vi)()
+            v.CopyFrom(vi)
+            v.name = name(vi.name)
+            infos.append(v)
+    out = helper.make_graph(nodes, graph.name, [graph.input[0]], [graph.output[0]], initializer=inits,
+                            value_info=infos)
+    model = helper.make_model(out, opset_imports=list(proto.opset_import), producer_name=proto.producer_name)
+    model.ir_version = proto.ir_version
+    for p in proto.metadata_props:
+        if p.key != ENSEMBLE_METADATA_KEY:
+            model.metadata_props.add(key=p.key, value=p.value)
+    return model

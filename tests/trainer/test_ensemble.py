@@ -17,17 +17,25 @@ onnx = pytest.importorskip("onnx", reason="needs the train extra (onnx)")
 from onnx import numpy_helper
 
 from trainer.cli import main
-from trainer.ensemble import ENSEMBLE_METADATA_KEY, build_ensemble, combine_probabilities
+from trainer.ensemble import (
+    ENSEMBLE_METADATA_KEY,
+    build_ensemble,
+    combine_probabilities,
+    is_ensemble,
+    member_model,
+)
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def _member(tmp_path: Path, name: str, bias: list[float] | None = None, **meta: str) -> Path:
-    """A copy of the bundled model, its last layer's bias shifted (so members disagree) and metadata overridden."""
+    """A copy of (one network of) the bundled model, its last layer's bias shifted (so members disagree) and metadata overridden."""
     out = tmp_path / name
     out.mkdir()
     shutil.copy2(MODELS / "class_names.json", out / "class_names.json")
     proto = onnx.load(str(MODELS / "blurflag.onnx"))
+    if is_ensemble(proto):  # the bundled model is itself an ensemble: one network of it
+        proto = member_model(proto, 0)
     if bias is not None:
         for init in proto.graph.initializer:
             if init.name == "model.9.linear.bias":
@@ -116,3 +124,22 @@ def test_cli_writes_a_model_the_engine_loads(members, photos, tmp_path: Path, ca
     assert load_classifier(tmp_path / "ens").classify(photos[1]).ok
     assert main(["ensemble", str(tmp_path / "bad"), str(members[0]), str(tmp_path / "missing")]) == 1
     assert "no model at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("combine", ["mean", "geomean"])
+def test_each_member_can_be_taken_back_out(members, photos, tmp_path: Path, combine: str) -> None:
+    import onnxruntime as ort
+
+    build_ensemble(members, tmp_path / "ens", combine)
+    proto = onnx.load(str(tmp_path / "ens" / "blurflag.onnx"))
+    assert is_ensemble(proto) and not is_ensemble(onnx.load(str(members[0] / "blurflag.onnx")))
+    spec = load_classifier(members[0]).spec
+    batch = np.stack([load_model_input(p, spec) for p in photos])
+    for i, m in enumerate(members):
+        alone = member_model(proto, i)
+        onnx.checker.check_model(alone)
+        out = ort.InferenceSession(alone.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
+            "images": batch})[0]
+        np.testing.assert_allclose(out, load_classifier(m).predict(batch), atol=1e-6)
+    with pytest.raises(ValueError, match="member 2"):
+        member_model(proto, 2)
