@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -76,6 +76,11 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean") -> onnx.Mode
             if meta.get(key) != metas[0].get(key):
                 raise ValueError(f"{f}: its {key!r} ({meta.get(key)!r}) differs from the first member's "
                                  f"({metas[0].get(key)!r})")
+        if ENSEMBLE_METADATA_KEY in meta:
+            raise ValueError(f"{f} is an ensemble already; merge its members with the others instead")
+        last = [n for n in m.graph.node if m.graph.output[0].name in n.output]
+        if not last or last[0].op_type != "Softmax":
+            raise ValueError(f"{f}: its output is not a Softmax, so it gives no probabilities to average")
         if sorted((o.domain, o.version) for o in m.opset_import) != \
                 sorted((o.domain, o.version) for o in protos[0].opset_import):
             raise ValueError(f"{f}: exported with other opsets than the first member; export both alike")
@@ -225,22 +230,18 @@ def member_model(proto: onnx.ModelProto, index: int = 0) -> onnx.ModelProto:
                                 name=name(n.name), domain=n.domain or None)
         copy.attribute.extend(n.attribute)
         nodes.append(copy)
-    inits = []
-    for init in graph.initializer:
-        if init.name.startswith(prefix):
-            t = type(init)()
-            t.CopyFrom(init)
-            t.name = name(init.name)
-            inits.append(t)
-    infos = []
-    for vi in graph.value_info:
-        if vi.name.startswith(prefix):
-            v = type(vi)()
-            v.CopyFrom(vi)
-            v.name = name(vi.name)
-            infos.append(v)
-    out = helper.make_graph(nodes, graph.name, [graph.input[0]], [graph.output[0]], initializer=inits,
-                            value_info=infos)
+    def renamed(items: Any) -> list[Any]:  # the member's initializers / value infos, unprefixed copies
+        out = []
+        for item in items:
+            if item.name.startswith(prefix):
+                copy = type(item)()
+                copy.CopyFrom(item)
+                copy.name = name(item.name)
+                out.append(copy)
+        return out
+
+    out = helper.make_graph(nodes, graph.name, [graph.input[0]], [graph.output[0]],
+                            initializer=renamed(graph.initializer), value_info=renamed(graph.value_info))
     model = helper.make_model(out, opset_imports=list(proto.opset_import), producer_name=proto.producer_name)
     model.ir_version = proto.ir_version
     for p in proto.metadata_props:

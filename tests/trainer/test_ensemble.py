@@ -115,6 +115,21 @@ def test_bad_requests_fail_clearly_and_touch_no_member(members, tmp_path: Path) 
         build_ensemble([members[0], tmp_path / "nothing"], tmp_path / "ens")
     with pytest.raises(ValueError, match="combine"):
         build_ensemble(members, tmp_path / "ens", "median")
+    build_ensemble(members, tmp_path / "ens")
+    with pytest.raises(ValueError, match="an ensemble already"):
+        build_ensemble([members[0], tmp_path / "ens"], tmp_path / "nested")
+    logits = onnx.load(str(members[1] / "blurflag.onnx"))  # a network without its final Softmax
+    softmax = next(n for n in logits.graph.node if n.op_type == "Softmax")
+    for n in logits.graph.node:
+        for i, name in enumerate(n.output):
+            if name == softmax.input[0]:
+                n.output[i] = logits.graph.output[0].name
+    logits.graph.node.remove(softmax)
+    (tmp_path / "logits").mkdir()
+    onnx.save(logits, str(tmp_path / "logits" / "blurflag.onnx"))
+    shutil.copy2(members[1] / "class_names.json", tmp_path / "logits")
+    with pytest.raises(ValueError, match="not a Softmax"):
+        build_ensemble([members[0], tmp_path / "logits"], tmp_path / "ens2")
     assert [(m / "blurflag.onnx").read_bytes() for m in members] == before
 
 
