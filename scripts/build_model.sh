@@ -17,9 +17,9 @@
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
 # PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
 # default 0.5) and starts stage 1 from those weights (measured in MODEL_CARD.md).
-# Measured: 1 h 33 min for the recipe's network (steps 1-5), SCRIPT_TIME_TBD for steps 6-7. Re-running it after an
-# interruption resumes: masks are cached, datasets are reused, finished networks are kept, and training continues
-# from the last checkpoint of the stage that was running.
+# Measured: 1 h 33 min for the recipe's network (steps 1-5), 72 min for steps 6-7 (on a slower machine). Re-running
+# it after an interruption resumes: masks are cached, datasets are reused, finished networks are kept, and training
+# continues from the last checkpoint of the stage that was running.
 #
 #   bash scripts/build_model.sh [SHARED_DATA_DIR] [WORK_DIR]
 #
