@@ -78,7 +78,8 @@ STAGE1="$WORK/ship/runs/train/weights/best.pt"
 [ -n "${DENSE:-}" ] && STAGE1="$WORK/ship/runs/dense/best.pt"
 RESUME=()
 [ -f "$WORK/ship2/dataset/manifest.csv" ] && RESUME=(--resume)
-[ -f "$WORK/ship2/model/blurflag.onnx" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
+[ -f "$WORK/ship2/model/blurflag.onnx" ] || \
+  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
   --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs 120 --weights "$STAGE1" \
   --lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100 \
   --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 \

@@ -206,3 +206,26 @@ def test_shipped_passes_patience_and_the_dense_weight_to_its_trainer(tmp_path: P
         cfg = seen["ultralytics"]
         assert (cfg.patience, cfg.epochs) == (7, 30)
         assert "dense" not in seen
+
+
+def test_evaluate_triplets_reads_the_shared_triplets_by_their_suffix(tmp_path: Path, capsys) -> None:
+    import json
+
+    from tests.toydata import blurred, scene
+
+    shared = tmp_path / "shared"
+    folder = shared / "kwentar" / "real_triplets"
+    folder.mkdir(parents=True)
+    for suffix, label in (("S", SHARP), ("F", "defocused_blurred"), ("M", "motion_blurred")):
+        img = scene(7, (300, 200))
+        (img if label == SHARP else blurred(img, label)).save(folder / f"1_CAM_{suffix}.jpg")
+    out = tmp_path / "triplets.json"
+    models = str(Path(__file__).resolve().parents[2] / "models")
+    assert train_main(["evaluate", models, str(shared), "--split", "triplets", "--json", str(out)]) == 0
+    preds = json.loads(out.read_text())["predictions"]
+    assert sorted((Path(p["path"]).name, p["label"]) for p in preds) == [
+        ("1_CAM_F.jpg", "defocused_blurred"), ("1_CAM_M.jpg", "motion_blurred"), ("1_CAM_S.jpg", SHARP)]
+    assert all(p["top_class"] in p["probabilities"] for p in preds)
+    capsys.readouterr()
+    assert train_main(["evaluate", models, str(tmp_path / "nothing"), "--split", "triplets"]) == 1
+    assert "no real triplets" in capsys.readouterr().err
