@@ -66,7 +66,8 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean") -> onnx.Mode
         raise ValueError(f"combine must be one of {COMBINE_RULES}, not {combine!r}")
     if len(member_files) < 2:
         raise ValueError("an ensemble needs at least two members")
-    protos = [onnx.load(str(f)) for f in member_files]
+    raw = [Path(f).read_bytes() for f in member_files]  # read once: parsed here, hashed for the metadata below
+    protos = [onnx.load_from_string(b) for b in raw]
     metas = [{p.key: p.value for p in m.metadata_props} for m in protos]
     for f, m, meta in zip(member_files, protos, metas):
         if len(m.graph.input) != 1 or len(m.graph.output) != 1:
@@ -121,8 +122,8 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean") -> onnx.Mode
     meta["blurflag_version"] = __version__
     meta[ENSEMBLE_METADATA_KEY] = json.dumps({
         "combine": combine,
-        "members": [{"file": "/".join(Path(f).parts[-3:]),
-                     "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()} for f in member_files],
+        "members": [{"file": "/".join(Path(f).parts[-3:]), "sha256": hashlib.sha256(b).hexdigest()}
+                    for f, b in zip(member_files, raw)],
     })
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=str(v))
