@@ -8,6 +8,9 @@
 # Then (ENSEMBLE=1, the default; steps 6-7) the same two stages on the same two datasets from the committed
 # dead-leaves pretrained weights (33 epochs, then PRE_HOURS2 = 0.5 h), and the merge of stage 2, that fine-tune and
 # its stage 1. ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
+# PARALLEL=1 (the default with ENSEMBLE=1) trains the two chains side by side, one torch thread each (recipe stage 1
+# beside dead-leaves stage 1 and the stage-2 dataset, then the two fine-tunings; logs in WORK/logs); PARALLEL=0 runs
+# them one after the other with all cores each.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
@@ -17,7 +20,8 @@
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
 # PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
 # default 0.5) and starts stage 1 from those weights (measured in MODEL_CARD.md).
-# Measured: 1 h 33 min for the recipe's network (steps 1-5), 72 min for steps 6-7 (on a slower machine). Re-running
+# Measured one after the other (PARALLEL=0): 1 h 33 min for the recipe's network (steps 1-5), 72 min for steps 6-7
+# (on a slower machine); side by side: see MODEL_CARD.md. Re-running
 # it after an interruption resumes: masks are cached, datasets are reused, finished networks are kept, and training
 # continues from the last checkpoint of the stage that was running.
 #
@@ -43,6 +47,7 @@ PRETRAIN=${PRETRAIN:-0}
 PRE_HOURS=${PRE_HOURS:-0.5}
 PRE_HOURS2=${PRE_HOURS2:-0.5}  # ENSEMBLE: fine-tuning budget of the dead-leaves member
 ENSEMBLE=${ENSEMBLE:-1}        # 1: the shipped three-member ensemble (steps 6-7); 0: stage 2 alone
+PARALLEL=${PARALLEL:-1}        # ENSEMBLE: 1: the two chains side by side, one thread each; 0: one after the other
 PRE_WEIGHTS=${PRE_WEIGHTS-trainer/weights/deadleaves_yolov8n_cls.pt}  # ENSEMBLE's pretrained start; empty: pretrain
 mkdir -p "$WORK"
 # (find_spec, not an import: importing ultralytics writes a settings file outside its private config folder)
@@ -61,61 +66,114 @@ if [ "$PRETRAIN" = 1 ] && [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
   START_ARGS=(--weights "$WORK/pretrain/pretrained.pt")
 fi
 
+# 2-6 as functions: each step is skipped once its output exists, and takes the torch threads it may use ($1; empty:
+# all cores). PARALLEL=1 (the default) runs the recipe's chain and the dead-leaves chain side by side, one thread each.
+STAGE1="$WORK/ship/runs/train/weights/best.pt"   # stage 1's best weights: ultralytics' run folder,
+[ -n "${DENSE:-}" ] && STAGE1="$WORK/ship/runs/dense/best.pt"   # or the region-target loop's (DENSE)
+STAGE2_MIX=(--lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100
+  --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700)
+threads() { [ -n "$1" ] && echo --threads "$1"; true; }
+
 # 2-4. Stage 1: dataset (split by group, whole races held out), time-boxed training, export with parity check,
-#      evaluation. Skipped once its model exists.
-if [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
-  RESUME=()
-  [ -f "$WORK/ship/dataset/manifest.csv" ] && RESUME=(--resume)
+#      evaluation. Skipped once its model exists. (dataset1 alone: the dataset, for the chains to share.)
+dataset1() {
+  [ -f "$WORK/ship/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" \
+    --model-out "$WORK/ship/model" --mask-dir "$WORK/masks" --scale "$SCALE" --train-floor visible --reframe "$REFRAME" \
+    --prepare-only
+}
+stage1() {
+  [ -f "$WORK/ship/model/blurflag.onnx" ] && return 0
+  local resume=()
+  [ -f "$WORK/ship/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" "${START_ARGS[@]}" "${DENSE_ARGS[@]}" \
-    "${RESUME[@]}" | tee -a "$WORK/build.log"
-fi
+    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" \
+    "${START_ARGS[@]}" "${DENSE_ARGS[@]}" "${resume[@]}" $(threads "$1")
+}
 
 # 5. Stage 2: fine-tune stage 1's best weights on a new synthesis draw of the same split (the test races stay
-#    held out), with more sharp examples and hard negatives (the false alarms of stage 1) and more motion.
-#    Stage 1's best weights: ultralytics' run folder, or the region-target loop's (DENSE).
-STAGE1="$WORK/ship/runs/train/weights/best.pt"
-[ -n "${DENSE:-}" ] && STAGE1="$WORK/ship/runs/dense/best.pt"
-RESUME=()
-[ -f "$WORK/ship2/dataset/manifest.csv" ] && RESUME=(--resume)
-[ -f "$WORK/ship2/model/blurflag.onnx" ] || \
+#    held out), with more sharp examples and hard negatives (bokeh, panning, high ISO) and more motion.
+#    (dataset2 alone: its dataset, made while stage 1 trains; $1 = dataset worker processes.)
+dataset2() {
+  [ -f "$WORK/ship2/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" \
+    --model-out "$WORK/ship2/model" --mask-dir "$WORK/masks" --scale "$SCALE2" "${STAGE2_MIX[@]}" --train-floor visible \
+    --reframe "$REFRAME" --workers "$1" --prepare-only
+}
+stage2() {
+  [ -f "$WORK/ship2/model/blurflag.onnx" ] && return 0
+  local resume=()
+  [ -f "$WORK/ship2/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
-  --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs 120 --weights "$STAGE1" \
-  --lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100 \
-  --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 \
-  --train-floor visible --reframe "$REFRAME" "${RESUME[@]}" | tee -a "$WORK/build.log"
-if [ "$ENSEMBLE" != 1 ]; then
-  .venv/bin/blurflag-train card "$WORK/ship2" > "$WORK/ship2/card_metrics.md"
-  echo "model in $WORK/ship2/model; metrics in $WORK/ship2/card_metrics.md"
-  exit 0
-fi
+    --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs 120 --weights "$STAGE1" "${STAGE2_MIX[@]}" \
+    --train-floor visible --reframe "$REFRAME" "${resume[@]}" $(threads "$1")
+}
 
 # 6. ENSEMBLE=1 (the shipped model): two more members on the same two datasets, started from dead-leaves pretraining
 #    (generated pictures only, no photo) instead of from scratch: its stage 1 (33 epochs) and its stage 2 (the
-#    fine-tuning above, PRE_HOURS2 of training). Each step is skipped once its output exists. The pretrained start is
-#    the committed PRE_WEIGHTS (made by `blurflag-train pretrain --work W --hours 0.5`, 63 min measured); PRE_WEIGHTS=
-#    (empty) makes it afresh.
-if [ ! -f "$WORK/pretrain/pretrained.pt" ]; then
+#    fine-tuning above, PRE_HOURS2 of training). The pretrained start is the committed PRE_WEIGHTS (made by
+#    `blurflag-train pretrain --work W --hours 0.5`, 63 min measured); PRE_WEIGHTS= (empty) makes it afresh.
+pretrained() {
+  [ -f "$WORK/pretrain/pretrained.pt" ] && return 0
   if [ -n "$PRE_WEIGHTS" ]; then
     mkdir -p "$WORK/pretrain" && cp "$PRE_WEIGHTS" "$WORK/pretrain/pretrained.pt"
   else
-    .venv/bin/blurflag-train pretrain --work "$WORK/pretrain" --hours "$PRE_HOURS" | tee -a "$WORK/build.log"
+    .venv/bin/blurflag-train pretrain --work "$WORK/pretrain" --hours "$PRE_HOURS"
   fi
-fi
-mkdir -p "$WORK/dl1" "$WORK/dl2"
-ln -sfn ../ship/dataset "$WORK/dl1/dataset"    # the same stage-1 dataset (and split) as the recipe's stage 1
-ln -sfn ../ship2/dataset "$WORK/dl2/dataset"   # the same stage-2 dataset as the recipe's stage 2
-if [ ! -f "$WORK/dl1/model/blurflag.onnx" ]; then
+}
+deadleaves1() {
+  [ -f "$WORK/dl1/model/blurflag.onnx" ] && return 0
+  mkdir -p "$WORK/dl1"
+  ln -sfn ../ship/dataset "$WORK/dl1/dataset"    # the same stage-1 dataset (and split) as the recipe's stage 1
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/dl1" --model-out "$WORK/dl1/model" \
     --mask-dir "$WORK/masks" --resume --weights "$WORK/pretrain/pretrained.pt" --hours 0 --epochs 33 \
-    --train-floor visible | tee -a "$WORK/build.log"
-fi
-if [ ! -f "$WORK/dl2/model/blurflag.onnx" ]; then
+    --train-floor visible $(threads "$1")
+}
+deadleaves2() {
+  [ -f "$WORK/dl2/model/blurflag.onnx" ] && return 0
+  mkdir -p "$WORK/dl2"
+  ln -sfn ../ship2/dataset "$WORK/dl2/dataset"   # the same stage-2 dataset as the recipe's stage 2
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/dl2" --model-out "$WORK/dl2/model" \
     --mask-dir "$WORK/masks" --resume --weights "$WORK/dl1/runs/train/weights/best.pt" --hours "$PRE_HOURS2" \
-    --epochs 120 --lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100 \
-    --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 \
-    --train-floor visible | tee -a "$WORK/build.log"
+    --epochs 120 "${STAGE2_MIX[@]}" --train-floor visible $(threads "$1")
+}
+
+# side_by_side NAME1 "CMDS1" NAME2 "CMDS2": both in the background, one log each (WORK/logs/NAME.log, also appended to
+# build.log when done); fails if either fails; an interruption stops both.
+side_by_side() {
+  mkdir -p "$WORK/logs"
+  local t0=$SECONDS
+  echo "running $1 and $3 side by side (follow $WORK/logs/$1.log and $3.log)" | tee -a "$WORK/build.log"
+  ( eval "$2" ) > "$WORK/logs/$1.log" 2>&1 & local p1=$!
+  ( eval "$4" ) > "$WORK/logs/$3.log" 2>&1 & local p2=$!
+  # (background commands of a script ignore Ctrl-C: stop both chains and the runs they started)
+  trap 'kids=$(pgrep -d " " -P "$p1,$p2"); kill $p1 $p2 $kids 2>/dev/null; wait; exit 130' INT TERM
+  local rc1=0 rc2=0
+  wait $p1 || rc1=$?
+  wait $p2 || rc2=$?
+  trap - INT TERM
+  cat "$WORK/logs/$1.log" "$WORK/logs/$3.log" >> "$WORK/build.log"
+  echo "$1 (exit $rc1) and $3 (exit $rc2) side by side: $((SECONDS - t0)) s" | tee -a "$WORK/build.log"
+  [ $rc1 = 0 ] && [ $rc2 = 0 ]
+}
+
+if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then
+  # The recipe's chain (stage 1, then stage 2) beside the dead-leaves chain (its stage 1, then the stage-2 dataset,
+  # then its fine-tuning), one torch thread each: two processes on two cores train about 1.5x as many images a
+  # second as one process with two threads.
+  dataset1 | tee -a "$WORK/build.log"
+  pretrained | tee -a "$WORK/build.log"
+  side_by_side recipe-stage1 "stage1 1" deadleaves-stage1 "deadleaves1 1 && dataset2 1"
+  side_by_side recipe-stage2 "stage2 1" deadleaves-stage2 "deadleaves2 1"
+else
+  stage1 "" | tee -a "$WORK/build.log"
+  stage2 "" | tee -a "$WORK/build.log"
+  if [ "$ENSEMBLE" != 1 ]; then
+    .venv/bin/blurflag-train card "$WORK/ship2" > "$WORK/ship2/card_metrics.md"
+    echo "model in $WORK/ship2/model; metrics in $WORK/ship2/card_metrics.md"
+    exit 0
+  fi
+  pretrained | tee -a "$WORK/build.log"
+  deadleaves1 "" | tee -a "$WORK/build.log"
+  deadleaves2 "" | tee -a "$WORK/build.log"
 fi
 # 7. One ONNX graph averaging the three members' probabilities, evaluated like the members (stage 2's splits).
 .venv/bin/blurflag-train ensemble "$WORK/final/model" "$WORK/ship2/model" "$WORK/dl2/model" "$WORK/dl1/model" \

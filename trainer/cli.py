@@ -127,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None)
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--resume", action="store_true", help="reuse the prepared dataset and resume training")
+    sp.add_argument("--prepare-only", action="store_true",
+                    help="stop once the dataset is written (train it later with --resume, e.g. beside another run)")
     sp.add_argument("--weights", type=Path, help="start from these local weights (a YOLOv8n-cls .pt, or a YOLOv8n "
                     ".pt/ONNX whose backbone starts the model) instead of yolov8n-cls.yaml")
     sp.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: the trainer's 0.001)")

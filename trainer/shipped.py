@@ -247,6 +247,8 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     rep.log(f"dataset ready after {time.monotonic() - t0:.0f} s")
     if stop.is_set():
         return 130
+    if getattr(args, "prepare_only", False):
+        return 0
     patience = getattr(args, "patience", None)
     kw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours,
                           "patience": max(10, args.epochs // 3) if patience is None else patience}

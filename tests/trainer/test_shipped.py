@@ -208,6 +208,44 @@ def test_shipped_passes_patience_and_the_dense_weight_to_its_trainer(tmp_path: P
         assert "dense" not in seen
 
 
+@pytest.mark.usefixtures("_keep_signal_handlers")
+def test_shipped_prepare_only_writes_the_dataset_and_trains_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`--prepare-only` (build_model.sh makes the stage-2 dataset beside a training run): the dataset is written,
+    no training starts, and a later `--resume` run trains on exactly that dataset."""
+    import trainer.shipped
+    import trainer.train
+    from tests.toydata import write_class_folders
+    from trainer.dataset import PrepareOptions, prepare, read_manifest
+
+    src = write_class_folders(tmp_path / "src", per_class=2)
+
+    def build(shared, out_dir, spec, *args, **kwargs):
+        return prepare(src, out_dir, PrepareOptions(spec=spec, workers=1))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--prepare-only must not train")
+
+    monkeypatch.setattr(trainer.shipped, "build_shipped_dataset", build)
+    monkeypatch.setattr(trainer.train, "train_model", no_training)
+    work = tmp_path / "work"
+    base = ["shipped", "--shared", str(tmp_path), "--work", str(work), "--model-out", str(tmp_path / "m"),
+            "--imgsz", "32"]
+    assert train_main([*base, "--prepare-only"]) == 0
+    rows = read_manifest(work / "dataset")
+    assert rows and all((work / "dataset" / r.file).is_file() for r in rows if r.file)
+    assert not (tmp_path / "m").exists() and not (work / "runs").exists()
+    seen = []
+
+    def train(dataset, *args, **kwargs):
+        seen.append(read_manifest(dataset))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(trainer.train, "train_model", train)
+    assert train_main([*base, "--resume"]) == 1
+    assert seen == [rows]
+    capsys.readouterr()
+
+
 def test_evaluate_triplets_reads_the_shared_triplets_by_their_suffix(tmp_path: Path, capsys) -> None:
     import json
 
