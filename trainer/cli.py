@@ -254,7 +254,7 @@ def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> 
     if args.extra_examples:
         source = _merge_sources(args.source, args.extra_examples, work / "source")
     rep.emit("step", step="prepare", index=1, total=4)
-    rows = prepare(source, dataset, _prepare_options(args), rep.log)
+    rows = prepare(source, dataset, _prepare_options(args), rep.log, stop)
     rep.log(count_table(rows))
     if stop.is_set():
         return 130
@@ -360,7 +360,7 @@ def _main(argv: Sequence[str] | None) -> int:
         elif args.command == "prepare":
             from trainer.dataset import count_table, prepare
 
-            rows = prepare(args.source, args.out, _prepare_options(args), rep.log)
+            rows = prepare(args.source, args.out, _prepare_options(args), rep.log, stop)
             print(count_table(rows))
             failed = [r for r in rows if r.error]
             for r in failed[:20]:
@@ -416,8 +416,10 @@ def _main(argv: Sequence[str] | None) -> int:
             code = 0
         else:  # pragma: no cover - argparse rejects unknown commands
             code = 2
-    except InterruptedError:
+    except InterruptedError as exc:
         rep.emit("error", message="cancelled")
+        if not rep.events:
+            print(f"blurflag-train: {exc}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         raise

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -398,24 +399,29 @@ def write_dataset(
     workers: int = 2,
     mask_dir: Path | None = None,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> list[ManifestRow]:
-    """Make every job (in parallel processes), write the manifest and dataset.json, return the rows."""
+    """Make every job (in parallel processes), write the manifest and dataset.json, return the rows.
+
+    Setting `stop` cancels the jobs not yet started and raises InterruptedError; no manifest is written, so the
+    half-made folder is never taken for a dataset (a resume makes it again)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[ManifestRow] = []
     args = [(j, out_dir, spec, mask_dir) for j in jobs]
     step = max(1, len(jobs) // 20)
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, row in enumerate(pool.map(_make_example_star, args, chunksize=4), 1):
-                rows.append(row)
-                if progress and (i % step == 0 or i == len(jobs)):
-                    progress(f"prepared {i}/{len(jobs)} images")
-    else:
-        for i, a in enumerate(args, 1):
-            rows.append(_make_example_star(a))
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        made = pool.map(_make_example_star, args, chunksize=4) if pool else map(_make_example_star, args)
+        for i, row in enumerate(made, 1):
+            rows.append(row)
             if progress and (i % step == 0 or i == len(jobs)):
                 progress(f"prepared {i}/{len(jobs)} images")
+            if stop is not None and stop.is_set():
+                raise InterruptedError(f"dataset preparation cancelled after {i} of {len(jobs)} images")
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)  # (waits only for the chunks already running)
     with open(out_dir / MANIFEST, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(ManifestRow.__dataclass_fields__))
         writer.writeheader()
@@ -464,7 +470,11 @@ def count_table(rows: Sequence[ManifestRow]) -> str:
 
 
 def prepare(
-    source: Path, out_dir: Path, options: PrepareOptions | None = None, progress: Progress | None = None
+    source: Path,
+    out_dir: Path,
+    options: PrepareOptions | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> list[ManifestRow]:
     """`blurflag-train prepare`: split by group, then synthesise and balance, then write the dataset."""
     options = options or PrepareOptions()
@@ -477,8 +487,7 @@ def prepare(
     }
     has_mask = _mask_checker(options.mask_dir) if any(options.synth.values()) else None
     jobs = plan_jobs({"train": train, "val": val}, synth, ("train",) if options.balance else (), options.seed, has_mask)
-    rows = write_dataset(out_dir, jobs, options.spec, options.workers, options.mask_dir, progress)
-    return rows
+    return write_dataset(out_dir, jobs, options.spec, options.workers, options.mask_dir, progress, stop)
 
 
 def _mask_checker(mask_dir: Path | None) -> Callable[[SourceImage], bool]:

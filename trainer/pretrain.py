@@ -35,6 +35,7 @@ def build_pretrain_dataset(
     workers: int = 2,
     train_floor: Mapping[str, float] | None = None,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> list[ManifestRow]:
     """The shipped mix (times `scale`) made from a dead-leaves corpus: the first `val_pictures` pictures are the
     validation split (a quarter of the mix times `val_scale`, plus each picture once, sharp), the rest the training
@@ -51,7 +52,7 @@ def build_pretrain_dataset(
     if progress:
         progress(f"pretraining dataset: {len(train)} training and {len(val)} validation examples from "
                  f"{len(items)} dead-leaves pictures")
-    return write_dataset(out_dir, train + val, spec, workers, None, progress)
+    return write_dataset(out_dir, train + val, spec, workers, None, progress, stop)
 
 
 def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
@@ -82,7 +83,7 @@ def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
         rep.emit("step", step="prepare", index=2, total=3)
         spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=args.reducing_gap)
         rows = build_pretrain_dataset(work / "corpus", dataset, spec, args.val_pictures, args.scale, args.val_scale,
-                                      args.seed, args.workers, VISIBLE_PX, rep.log)
+                                      args.seed, args.workers, VISIBLE_PX, rep.log, stop)
     rep.log(count_table(rows))
     rep.log(f"dataset ready after {time.monotonic() - t0:.0f} s")
     if stop.is_set():

@@ -172,6 +172,7 @@ def build_shipped_dataset(
     train_floor: Mapping[str, float] | None = None,
     lens_softness_px: float = 0.0,
     reframe: float = 0.0,
+    stop: threading.Event | None = None,
 ) -> list[ManifestRow]:
     """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
 
@@ -193,7 +194,7 @@ def build_shipped_dataset(
         for split in ("train", "val", "test"):
             progress(f"{split}: {len(splits[split])} sharp originals; jobs " +
                      ", ".join(f"{k}={n}" for (s, k), n in sorted(counts.items()) if s == split))
-    return write_dataset(out_dir, jobs, spec, workers, mask_dir, progress)
+    return write_dataset(out_dir, jobs, spec, workers, mask_dir, progress, stop)
 
 
 TRIPLET_LABELS = {"S": SHARP, "F": "defocused_blurred", "M": "motion_blurred"}
@@ -239,7 +240,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         rep.emit("step", step="prepare", index=1, total=4)
         rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log,
                                      getattr(args, "synth_seed", 0), mix, train_floor,
-                                     getattr(args, "lens_softness", 0.0) or 0.0, reframe)
+                                     getattr(args, "lens_softness", 0.0) or 0.0, reframe, stop)
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:

@@ -151,6 +151,52 @@ def test_run_cancels_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert not (tmp_path / "m" / "blurflag.onnx").exists()
 
 
+def test_prepare_stops_when_asked_and_leaves_no_manifest(tmp_path: Path) -> None:
+    import threading
+
+    src = write_class_folders(tmp_path / "src", per_class=10)
+    out = tmp_path / "ds"
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def progress(message: str) -> None:
+        seen.append(message)
+        stop.set()  # at the first progress report
+
+    options = PrepareOptions(spec=InputSpec(size=32, resize="stretch"), workers=1, balance=False,
+                             synth={"motion_blurred": 20})
+    with pytest.raises(InterruptedError, match="cancelled after"):
+        prepare(src, out, options, progress, stop)
+    assert len(seen) == 1 and seen[0].startswith("prepared ")
+    made = list(out.rglob("*.png"))  # the model-ready examples
+    assert made and len(made) < 40 + 20  # stopped early: 40 photos and 20 synthetic examples were planned
+    assert not (out / "manifest.csv").exists() and not (out / "dataset.json").exists()  # never taken for a dataset
+    assert len(list(src.rglob("*.jpg"))) == 40  # the sources are untouched
+
+
+def test_prepare_cancels_on_sigterm_with_worker_processes(tmp_path: Path) -> None:
+    """`blurflag-train prepare` (and so the trainer tab's Stop) ends within seconds, not after the whole dataset."""
+    src = write_class_folders(tmp_path / "src", per_class=40)
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "trainer.cli", "prepare", str(src), str(out), "--imgsz", "64", "--workers", "2",
+           "--synth", "motion_blurred=400", "--synth", "defocused_blurred=400"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_isolated_env(tmp_path), cwd=REPO)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("prepared "):
+            break
+    else:
+        pytest.fail("no progress line before the end")
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "cancelled" in rest
+    assert not (out / "manifest.csv").exists()
+    made = list(out.rglob("*.png"))
+    assert made and len(made) < 160 + 800 // 2, len(made)  # far from the whole plan
+
+
 def test_manifest_is_csv_with_groups(tmp_path: Path) -> None:
     src = write_class_folders(tmp_path / "src", per_class=5)
     out = tmp_path / "ds"
