@@ -166,8 +166,9 @@ def compare_evaluations(named: list[tuple[str, dict[str, Any]]]) -> str:
                 v = ev.get("by_strength", {}).get(kind, {}).get(b)
                 cells.append(f"{v['count']}/{v['total']}" if v else "n/a")
             lines.append(f"| {kind} | {b} | " + " | ".join(cells) + " |")
-    equal = [[blur_right_at_false_alarms(ps, k) for k in EQUAL_FALSE_ALARMS] for ps in preds]
-    if all(cell is not None for row in equal for cell in row):
+    maybe = [[blur_right_at_false_alarms(ps, k) for k in EQUAL_FALSE_ALARMS] for ps in preds]
+    equal = [[cell for cell in row if cell is not None] for row in maybe]
+    if all(len(row) == len(EQUAL_FALSE_ALARMS) for row in equal):
         n_sharp = sum(p["label"] == "sharp" for p in preds[0])
         n_blur = sum(_is_visible_blur(p) for p in preds[0])
         lines += ["", f"Visible blur right (of {n_blur}) at equal false alarms: the sharp probability weighted so that "
