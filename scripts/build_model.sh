@@ -8,9 +8,10 @@
 # Then (ENSEMBLE=1, the default; steps 6-7) the same two stages on the same two datasets from the committed
 # dead-leaves pretrained weights (33 epochs, then PRE_HOURS2 = 0.5 h), and the merge of stage 2, that fine-tune and
 # its stage 1. ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
-# PARALLEL=1 (the default with ENSEMBLE=1) trains the two chains side by side, one torch thread each (recipe stage 1
-# beside dead-leaves stage 1 and the stage-2 dataset, then the two fine-tunings; logs in WORK/logs); PARALLEL=0 runs
-# them one after the other with all cores each.
+# PARALLEL=1 (with ENSEMBLE=1) trains the two chains side by side, one torch thread each (recipe stage 1 beside
+# dead-leaves stage 1 and the stage-2 dataset, then the two fine-tunings; logs in WORK/logs): 1 h 44 min measured,
+# but the time-boxed recipe stages then train half the epochs and the model is weaker (MODEL_CARD.md, "Cost in
+# rebuild"), so the default, PARALLEL=0, runs them one after the other with all cores each, as the shipped model was.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
@@ -21,7 +22,7 @@
 # PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
 # default 0.5) and starts stage 1 from those weights (measured in MODEL_CARD.md).
 # Measured one after the other (PARALLEL=0): 1 h 33 min for the recipe's network (steps 1-5), 72 min for steps 6-7
-# (on a slower machine); side by side: see MODEL_CARD.md. Re-running
+# (on a slower machine). Re-running
 # it after an interruption resumes: masks are cached, datasets are reused, finished networks are kept, and training
 # continues from the last checkpoint of the stage that was running.
 #
@@ -47,7 +48,7 @@ PRETRAIN=${PRETRAIN:-0}
 PRE_HOURS=${PRE_HOURS:-0.5}
 PRE_HOURS2=${PRE_HOURS2:-0.5}  # ENSEMBLE: fine-tuning budget of the dead-leaves member
 ENSEMBLE=${ENSEMBLE:-1}        # 1: the shipped three-member ensemble (steps 6-7); 0: stage 2 alone
-PARALLEL=${PARALLEL:-1}        # ENSEMBLE: 1: the two chains side by side, one thread each; 0: one after the other
+PARALLEL=${PARALLEL:-0}        # ENSEMBLE: 0: one chain after the other (the shipped model); 1: side by side
 PRE_WEIGHTS=${PRE_WEIGHTS-trainer/weights/deadleaves_yolov8n_cls.pt}  # ENSEMBLE's pretrained start; empty: pretrain
 mkdir -p "$WORK"
 # (find_spec, not an import: importing ultralytics writes a settings file outside its private config folder)
@@ -67,7 +68,7 @@ if [ "$PRETRAIN" = 1 ] && [ ! -f "$WORK/ship/model/blurflag.onnx" ]; then
 fi
 
 # 2-6 as functions: each step is skipped once its output exists, and takes the torch threads it may use ($1; empty:
-# all cores). PARALLEL=1 (the default) runs the recipe's chain and the dead-leaves chain side by side, one thread each.
+# all cores). PARALLEL=1 runs the recipe's chain and the dead-leaves chain side by side, one thread each.
 STAGE1="$WORK/ship/runs/train/weights/best.pt"   # stage 1's best weights: ultralytics' run folder,
 [ -n "${DENSE:-}" ] && STAGE1="$WORK/ship/runs/dense/best.pt"   # or the region-target loop's (DENSE)
 STAGE2_MIX=(--lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100
@@ -157,8 +158,7 @@ side_by_side() {
 
 if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then
   # The recipe's chain (stage 1, then stage 2) beside the dead-leaves chain (its stage 1, then the stage-2 dataset,
-  # then its fine-tuning), one torch thread each: two processes on two cores train about 1.5x as many images a
-  # second as one process with two threads.
+  # then its fine-tuning), one torch thread each (bench/train_threads.sh measures what that buys on a machine).
   dataset1 | tee -a "$WORK/build.log"
   pretrained | tee -a "$WORK/build.log"
   side_by_side recipe-stage1 "stage1 1" deadleaves-stage1 "deadleaves1 1 && dataset2 1"
