@@ -10,7 +10,7 @@
 # its stage 1. ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
 # PARALLEL=1 (with ENSEMBLE=1) trains the two chains side by side, one torch thread each (recipe stage 1 beside
 # dead-leaves stage 1 and the stage-2 dataset, then the two fine-tunings; logs in WORK/logs): 1 h 44 min measured,
-# but the time-boxed recipe stages then train half the epochs and the model is weaker (MODEL_CARD.md, "Cost in
+# but the time-boxed recipe stages then train 93 instead of 159 epochs and the model is weaker (MODEL_CARD.md, "Cost in
 # rebuild"), so the default, PARALLEL=0, runs them one after the other with all cores each, as the shipped model was.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments;

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -152,8 +153,6 @@ def test_run_cancels_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_prepare_stops_when_asked_and_leaves_no_manifest(tmp_path: Path) -> None:
-    import threading
-
     src = write_class_folders(tmp_path / "src", per_class=10)
     out = tmp_path / "ds"
     stop = threading.Event()
