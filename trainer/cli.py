@@ -59,6 +59,10 @@ def _synth_counts(items: Sequence[str]) -> dict[str, int]:
     return counts
 
 
+PRECISION_HELP = ("training arithmetic: 'auto' (default) uses bfloat16 autocast where the CPU has native bfloat16 "
+                  "(AMX / AVX512-BF16), else float32; weights, validation and the ONNX export stay float32")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blurflag-train", description="Retrain BlurFlag's blur classifier offline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -81,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--weights", type=Path, help="a local YOLOv8n-cls .pt to fine-tune, or a YOLOv8n .pt/ONNX "
                         "(e.g. the bundled model) to start from its backbone (default: yolov8n-cls.yaml)")
         sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+        sp.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help=PRECISION_HELP)
 
     sp = sub.add_parser("backbone", help="a YOLOv8n-cls start (.pt for --weights) from a YOLOv8n .pt/ONNX: its "
                         "backbone, or the whole network of a classifier export with the dataset's classes")
@@ -125,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="stop after this many epochs without a better validation top-1 (default: a third of --epochs, "
                          "at least 10)")
     sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help=PRECISION_HELP)
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--resume", action="store_true", help="reuse the prepared dataset and resume training")
     sp.add_argument("--prepare-only", action="store_true",
@@ -164,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--hours", type=float, default=0.5, help="training time budget (0: epochs only)")
     sp.add_argument("--epochs", type=int, default=40)
     sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help=PRECISION_HELP)
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--imgsz", type=int, default=224)
@@ -228,7 +235,8 @@ def _prepare_options(args: argparse.Namespace) -> Any:
 def _train_config(args: argparse.Namespace) -> Any:
     from trainer.train import TrainConfig
 
-    kw: dict[str, Any] = {"epochs": args.epochs, "patience": args.patience, "batch": args.batch}
+    kw: dict[str, Any] = {"epochs": args.epochs, "patience": args.patience, "batch": args.batch,
+                          "precision": args.precision}
     if args.threads:
         kw["threads"] = args.threads
     return TrainConfig(**kw)

@@ -37,7 +37,7 @@ from PIL import Image
 
 from engine import __version__
 from trainer.dataset import WORK_LONG_SIDE, ManifestRow, _load_working, read_manifest
-from trainer.train import EpochStats
+from trainer.train import EpochStats, use_bf16
 
 GRID = 28  # target maps are kept at 4x the feature map's 7 x 7, so crops can move them with the image
 #: Region targets by kind: which part of the frame is blurred, and how (1 defocus, 2 motion).
@@ -71,6 +71,7 @@ class DenseConfig:
     seed: int = 0
     time_hours: float | None = None  # a wall-time budget: after the first epoch the epochs are fitted to it
     patience: int = 100
+    precision: str = "auto"  # as trainer.train.TrainConfig.precision: bfloat16 autocast where the CPU has it
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,7 @@ def train_dense(
     dataset, out = Path(dataset_dir), Path(work_dir) / "runs" / "dense"
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    bf16 = use_bf16(cfg.precision)
     rows = read_manifest(dataset)
     classes = sorted(p.name for p in (dataset / "train").iterdir() if p.is_dir())
     x_train, y_train, files = _load_split(dataset, rows, "train", classes)
@@ -357,7 +359,8 @@ def train_dense(
         epochs, start, best_top1, best_epoch = st["epochs"], st["epoch"] + 1, st["best_top1"], st["best_epoch"]
         say(f"resuming after epoch {start} of {epochs}")
     say(f"dense training: {len(x_train)} train / {len(x_val)} val images, classes {classes}, "
-        f"dense weight {cfg.dense_weight}, {epochs} epochs, {cfg.threads} threads")
+        f"dense weight {cfg.dense_weight}, {epochs} epochs, {cfg.threads} threads, "
+        f"{'bfloat16 autocast' if bf16 else 'float32'}")
     t_start = time.monotonic()
     warm = max(round(cfg.warmup_epochs * nb), 100) if cfg.warmup_epochs > 0 else 0
 
@@ -380,10 +383,13 @@ def train_dense(
                     g["betas"] = (cfg.warmup_momentum + (cfg.momentum - cfg.warmup_momentum) * frac, 0.999)
             idx = order[b * cfg.batch : (b + 1) * cfg.batch]
             x, m = augment(x_train[idx], maps[idx], gen, cfg)
-            logits, feats = _forward(net, x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits, feats = _forward(net, x)
+                pred = head(feats) if cfg.dense_weight > 0 else None
+            logits = logits.float()
             loss = F.cross_entropy(logits, y_train[idx])
-            if cfg.dense_weight > 0:
-                pred = head(feats)
+            if pred is not None:
+                pred = pred.float()
                 cells = F.adaptive_avg_pool2d(m, pred.shape[-2:])
                 # per cell: cross-entropy against the known shares, weighted by how much of the cell is known
                 weight = cells[:, 3]

@@ -94,6 +94,7 @@ def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
 
     rep.emit("step", step="train", index=3, total=3)
     kw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours or None, "patience": args.epochs}
+    kw["precision"] = getattr(args, "precision", "auto")
     if args.threads:
         kw["threads"] = args.threads
     best = train_model(dataset, work, TrainConfig(**kw), None, True, on_epoch, rep.log, stop)

@@ -253,6 +253,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     patience = getattr(args, "patience", None)
     kw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours,
                           "patience": max(10, args.epochs // 3) if patience is None else patience}
+    kw["precision"] = getattr(args, "precision", "auto")
     if args.threads:
         kw["threads"] = args.threads
     if getattr(args, "lr0", None):
@@ -272,7 +273,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
 
         dkw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours or None, "dense_weight": dense_weight,
                                "patience": kw["patience"]}
-        for key in ("threads", "lr0"):
+        for key in ("threads", "lr0", "precision"):
             if key in kw:
                 dkw[key] = kw[key]
         if weights is not None:

@@ -196,15 +196,15 @@ def test_shipped_passes_patience_and_the_dense_weight_to_its_trainer(tmp_path: P
     monkeypatch.setattr(trainer.dense, "train_dense", fake("dense"))
     monkeypatch.setattr(trainer.train, "train_model", fake("ultralytics"))
     argv = ["shipped", "--shared", str(tmp_path), "--work", str(work), "--model-out", str(tmp_path / "m"),
-            "--resume", "--hours", "0", "--epochs", "30", "--patience", "7"]
+            "--resume", "--hours", "0", "--epochs", "30", "--patience", "7", "--precision", "fp32"]
     assert train_main([*argv, *(["--dense-weight", dense] if dense else [])]) == 1
     if dense:
         cfg = seen["dense"]
-        assert (cfg.dense_weight, cfg.patience, cfg.epochs, cfg.time_hours) == (0.5, 7, 30, None)
+        assert (cfg.dense_weight, cfg.patience, cfg.epochs, cfg.time_hours, cfg.precision) == (0.5, 7, 30, None, "fp32")
         assert "ultralytics" not in seen
     else:
         cfg = seen["ultralytics"]
-        assert (cfg.patience, cfg.epochs) == (7, 30)
+        assert (cfg.patience, cfg.epochs, cfg.precision) == (7, 30, "fp32")
         assert "dense" not in seen
 
 
