@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import statistics
 import subprocess
 import sys
@@ -54,14 +55,16 @@ def main() -> int:
             work = Path(tmp) / name
             t0 = time.monotonic()
             done = subprocess.run([sys.executable, "-c", CHILD, str(args.dataset.resolve()), str(work),
-                                   str(args.epochs), repr(SETTINGS[name])], cwd=root, capture_output=True, text=True)
+                                   str(args.epochs), repr(SETTINGS[name])], cwd=root, capture_output=True, text=True,
+                                  check=False)
             wall = time.monotonic() - t0
             if done.returncode:
                 print(done.stdout[-2000:], done.stderr[-2000:], sep="\n")
                 return done.returncode
-            rows = list(csv.DictReader(open(work / "runs" / "train" / "results.csv")))
+            with open(work / "runs" / "train" / "results.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
             t = [0.0] + [float(r["time"]) for r in rows]
-            epoch = statistics.median(b - a for a, b in zip(t, t[1:]))
+            epoch = statistics.median(b - a for a, b in itertools.pairwise(t))
             results[name] = (wall, epoch)
             base = results.get("before")
             ratio = f", {base[1] / epoch:.2f}x before" if base else ""

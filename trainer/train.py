@@ -235,8 +235,6 @@ def train_model(
     model.add_callback("on_train_start", on_train_start)
     model.add_callback("on_train_batch_end", on_batch_end)
     model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
-    bf16 = use_bf16(config.precision)
-    say(f"training precision: {'bfloat16 autocast' if bf16 else 'float32'} on the CPU")
     if resume and last.exists():
         try:
             with cpu_bf16_autocast():  # a resumed run keeps the precision it was started with
@@ -246,6 +244,7 @@ def train_model(
                 raise
             say("training had already finished; nothing to resume")
     else:
+        say(f"training precision: {'bfloat16 autocast' if use_bf16(config.precision) else 'float32'} on the CPU")
         with cpu_bf16_autocast():
             model.train(**_train_args(config, Path(dataset_dir).resolve(), spec.size, project, name))
     if stop_event is not None and stop_event.is_set():

@@ -54,9 +54,8 @@ def test_bf16_autocast_runs_on_the_cpu_only_inside_a_training_call() -> None:
         with ul_trainer.autocast(False, device="cpu"):  # float32 training is left as it was
             assert conv(x).dtype == torch.float32
     assert ul_trainer.autocast is original
-    with pytest.raises(KeyError):  # restored when training fails too
-        with cpu_bf16_autocast():
-            raise KeyError("boom")
+    with pytest.raises(KeyError), cpu_bf16_autocast():  # restored when training fails too
+        raise KeyError("boom")
     assert ul_trainer.autocast is original
 
 
