@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.preprocess import TRAIN_REDUCING_GAP, InputSpec
+from trainer.train import PRECISIONS
 
 
 class Reporter:
@@ -59,8 +60,11 @@ def _synth_counts(items: Sequence[str]) -> dict[str, int]:
     return counts
 
 
-PRECISION_HELP = ("training arithmetic: 'auto' (default) uses bfloat16 autocast where the CPU has native bfloat16 "
-                  "(AMX / AVX512-BF16), else float32; weights, validation and the ONNX export stay float32")
+def _add_precision(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="training arithmetic: 'auto' (default) uses bfloat16 autocast where the CPU has native "
+                         "bfloat16 (AMX / AVX512-BF16), else float32; weights, validation and the ONNX export stay "
+                         "float32")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--weights", type=Path, help="a local YOLOv8n-cls .pt to fine-tune, or a YOLOv8n .pt/ONNX "
                         "(e.g. the bundled model) to start from its backbone (default: yolov8n-cls.yaml)")
         sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-        sp.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help=PRECISION_HELP)
+        _add_precision(sp)
 
     sp = sub.add_parser("backbone", help="a YOLOv8n-cls start (.pt for --weights) from a YOLOv8n .pt/ONNX: its "
                         "backbone, or the whole network of a classifier export with the dataset's classes")
@@ -130,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="stop after this many epochs without a better validation top-1 (default: a third of --epochs, "
                          "at least 10)")
     sp.add_argument("--threads", type=int, default=None)
-    sp.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help=PRECISION_HELP)
+    _add_precision(sp)
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--resume", action="store_true", help="reuse the prepared dataset and resume training")
     sp.add_argument("--prepare-only", action="store_true",
@@ -170,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--hours", type=float, default=0.5, help="training time budget (0: epochs only)")
     sp.add_argument("--epochs", type=int, default=40)
     sp.add_argument("--threads", type=int, default=None)
-    sp.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help=PRECISION_HELP)
+    _add_precision(sp)
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--imgsz", type=int, default=224)
