@@ -4,18 +4,18 @@
 #   1. from scratch (yolov8n-cls.yaml) on the shipped recipe, at most HOURS of training (default 0.95; early
 #      stopping ended the measured run after 42 minutes);
 #   2. fine-tuning stage 1's best weights on a fresh synthesis draw (synthesis seed 1) with more sharp examples
-#      and more motion, HOURS2 of training (default 0.7), at a lower learning rate.
+#      and more motion, HOURS2 of training (default 0.6 or 0.7: the schedule below), at a lower learning rate.
 # Then (ENSEMBLE=1, the default; steps 6-7) the same two stages on the same two datasets from the committed
-# dead-leaves pretrained weights (33 epochs, then PRE_HOURS2 = 0.5 h), and the merge of stage 2, that fine-tune and
-# its stage 1. ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
-# PARALLEL=1 (with ENSEMBLE=1) trains the two chains side by side, one torch thread each (recipe stage 1 beside
-# dead-leaves stage 1 and the stage-2 dataset, then the two fine-tunings; logs in WORK/logs): 1 h 44 min measured,
-# but the time-boxed recipe stages then train 93 instead of 159 epochs and the model is weaker (MODEL_CARD.md, "Cost in
-# rebuild"), so the default, PARALLEL=0, runs them one after the other with all cores each, as the shipped model was.
-# Training uses bfloat16 autocast where the CPU has it (AMX / AVX512-BF16: `--precision auto`, 1.7x the speed here,
-# same quality at equal epochs); HOURS=0.7 HOURS2=0.5 PRE_HOURS2=0.3 then rebuilt all three networks in 1 h 54 min
-# measured, but that model flagged 8 instead of 4 of 179 sharp validation photos (MODEL_CARD.md, "Training
-# arithmetic"), so the defaults stay the shipped recipe's boxes.
+# dead-leaves pretrained weights (33 epochs, then PRE_HOURS2 of fine-tuning), and the merge of stage 2, that
+# fine-tune and its stage 1. ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
+# The schedule follows the CPU. Training uses bfloat16 autocast where the CPU has it (AMX / AVX512-BF16:
+# `--precision auto`, 1.7x the speed here, same quality at equal epochs); there the default is PARALLEL=1: the
+# recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one torch
+# thread each (logs in WORK/logs), then the recipe's stage 2 alone on all cores, with HOURS2=0.6 and PRE_HOURS2=0.4:
+# 1 h 39 min measured on this 2-core machine, each network at least the shipped model's epochs (recipe 100 + 68,
+# dead-leaves 33 + 31; MODEL_CARD.md, "Training arithmetic"). Elsewhere (float32) the default is the schedule the
+# shipped model was made with: PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7, PRE_HOURS2=0.5,
+# about 2 h 45 min; side by side in float32 the time-boxed recipe network got only 60 + 33 epochs and came out weaker.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
@@ -25,10 +25,9 @@
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
 # PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
 # default 0.5) and starts stage 1 from those weights (measured in MODEL_CARD.md).
-# Measured one after the other (PARALLEL=0): 1 h 33 min for the recipe's network (steps 1-5), 72 min for steps 6-7
-# (on a slower machine). Re-running
-# it after an interruption resumes: masks are cached, datasets are reused, finished networks are kept, and training
-# continues from the last checkpoint of the stage that was running.
+# Measured one after the other (PARALLEL=0, float32): 1 h 33 min for the recipe's network (steps 1-5), 72 min for
+# steps 6-7 (on a slower machine). Re-running it after an interruption resumes: masks are cached, datasets are
+# reused, finished networks are kept, and training continues from the last checkpoint of the stage that was running.
 #
 #   bash scripts/build_model.sh [SHARED_DATA_DIR] [WORK_DIR]
 #
@@ -38,8 +37,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=$(realpath "${1:-../shared/data}")
 WORK=$(realpath -m "${2:-$HOME/blurflag-model-work}")
+mkdir -p "$WORK"
+# (find_spec, not an import: importing ultralytics writes a settings file outside its private config folder)
+[ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('ultralytics') is None)" \
+  || bash scripts/install.sh --train
+# The default schedule follows the CPU (header): bfloat16 -> side by side with shorter fine-tuning boxes.
+BF16=$(.venv/bin/python -c "from trainer.train import use_bf16; print(int(use_bf16('auto')))")
+if [ "$BF16" = 1 ]; then DEF_PARALLEL=1 DEF_HOURS2=0.6 DEF_PRE_HOURS2=0.4; else DEF_PARALLEL=0 DEF_HOURS2=0.7 DEF_PRE_HOURS2=0.5; fi
 HOURS=${HOURS:-0.95}
-HOURS2=${HOURS2:-0.7}
+HOURS2=${HOURS2:-$DEF_HOURS2}
 SCALE=${SCALE:-1}    # training-set size factor of stage 1 (more synthesis draws of the same photos)
 SCALE2=${SCALE2:-1}  # the same for stage 2
 DENSE_ARGS=()        # DENSE=W: stage 1 with region targets of weight W (trainer/dense.py; 0: that loop, labels only)
@@ -50,14 +56,11 @@ START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
 PRETRAIN=${PRETRAIN:-0}
 PRE_HOURS=${PRE_HOURS:-0.5}
-PRE_HOURS2=${PRE_HOURS2:-0.5}  # ENSEMBLE: fine-tuning budget of the dead-leaves member
+PRE_HOURS2=${PRE_HOURS2:-$DEF_PRE_HOURS2}  # ENSEMBLE: fine-tuning budget of the dead-leaves member
 ENSEMBLE=${ENSEMBLE:-1}        # 1: the shipped three-member ensemble (steps 6-7); 0: stage 2 alone
-PARALLEL=${PARALLEL:-0}        # ENSEMBLE: 0: one chain after the other (the shipped model); 1: side by side
+PARALLEL=${PARALLEL:-$DEF_PARALLEL}  # ENSEMBLE: 0: one network after the other (the shipped model); 1: side by side
 PRE_WEIGHTS=${PRE_WEIGHTS-trainer/weights/deadleaves_yolov8n_cls.pt}  # ENSEMBLE's pretrained start; empty: pretrain
-mkdir -p "$WORK"
-# (find_spec, not an import: importing ultralytics writes a settings file outside its private config folder)
-[ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('ultralytics') is None)" \
-  || bash scripts/install.sh --train
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 PRE_HOURS2=$PRE_HOURS2 (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
 MPPY=$(bash scripts/mediapipe_venv.sh "$WORK/mediapipe-venv")
@@ -161,12 +164,13 @@ side_by_side() {
 }
 
 if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then
-  # The recipe's chain (stage 1, then stage 2) beside the dead-leaves chain (its stage 1, then the stage-2 dataset,
-  # then its fine-tuning), one torch thread each (bench/train_threads.sh measures what that buys on a machine).
+  # The recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one
+  # torch thread each (bench/train_threads.sh measures what that buys on a machine); then the recipe's stage 2 alone
+  # on all cores.
   dataset1 | tee -a "$WORK/build.log"
   pretrained | tee -a "$WORK/build.log"
-  side_by_side recipe-stage1 "stage1 1" deadleaves-stage1 "deadleaves1 1 && dataset2 1"
-  side_by_side recipe-stage2 "stage2 1" deadleaves-stage2 "deadleaves2 1"
+  side_by_side recipe-stage1 "stage1 1" deadleaves "deadleaves1 1 && dataset2 1 && deadleaves2 1"
+  stage2 "" | tee -a "$WORK/build.log"
 else
   stage1 "" | tee -a "$WORK/build.log"
   stage2 "" | tee -a "$WORK/build.log"
