@@ -31,6 +31,7 @@
 #
 #   bash scripts/build_model.sh [SHARED_DATA_DIR] [WORK_DIR]
 #
+# SCHEDULE_ONLY=1 prints the schedule this machine would get and stops.
 # Then review WORK/final/model (and WORK/final/card_metrics.md, from `blurflag-train card WORK/final`) and copy
 # WORK/final/model/{blurflag.onnx,class_names.json} into models/ to ship it.
 set -euo pipefail
@@ -61,6 +62,7 @@ ENSEMBLE=${ENSEMBLE:-1}        # 1: the shipped three-member ensemble (steps 6-7
 PARALLEL=${PARALLEL:-$DEF_PARALLEL}  # ENSEMBLE: 0: one network after the other (the shipped model); 1: side by side
 PRE_WEIGHTS=${PRE_WEIGHTS-trainer/weights/deadleaves_yolov8n_cls.pt}  # ENSEMBLE's pretrained start; empty: pretrain
 echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 PRE_HOURS2=$PRE_HOURS2 (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+[ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
 
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
 MPPY=$(bash scripts/mediapipe_venv.sh "$WORK/mediapipe-venv")

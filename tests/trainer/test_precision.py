@@ -1,4 +1,4 @@
-"""Training arithmetic and input caching (TrainConfig.precision, cache_ram_bytes; bench/train_precision.sh)."""
+"""Training arithmetic and input caching (TrainConfig.precision, cache_ram_bytes; bench/train_speed.py)."""
 
 from __future__ import annotations
 
