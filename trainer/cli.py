@@ -167,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--work", type=Path, required=True, help="work folder: corpus, dataset, runs (resumable)")
     sp.add_argument("--pictures", type=int, default=4150, help="dead-leaves pictures to render (default 4150)")
     sp.add_argument("--val-pictures", type=int, default=150, help="of those, held out to choose the epoch")
+    sp.add_argument("--texture", type=float, default=0.0,
+                    help="share of the leaves with a texture inside instead of a flat colour (0..1; default 0, "
+                         "the corpus of the committed weights)")
+    sp.add_argument("--weights", type=Path, default=None,
+                    help="continue from these YOLOv8n-cls weights (e.g. trainer/weights/deadleaves_yolov8n_cls.pt) "
+                         "instead of starting from scratch")
     sp.add_argument("--scale", type=float, default=2.5,
                     help="training examples: the shipped mix times this (default 2.5: 6,000)")
     sp.add_argument("--val-scale", type=float, default=1.0,

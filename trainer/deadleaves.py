@@ -61,12 +61,48 @@ def _colour(rng: np.random.Generator, palette: np.ndarray) -> tuple[float, float
     return float(c[0]), float(c[1]), float(c[2])
 
 
+def _textures(rng: np.random.Generator, shape: tuple[int, int], k: int) -> list[np.ndarray]:
+    """`k` zero-mean texture fields of about unit amplitude (HxW float32) for one picture: fractal noise (grass,
+    foliage, asphalt, knitwear), stripes and hard-edged bands at any angle and period (fences, shirts, railings,
+    lettering), and fine grain. Motion blur shows as a direction in which texture is smeared and the other is kept;
+    flat-coloured leaves only show it at their outlines."""
+    h, w = shape
+    out = []
+    for _ in range(k):
+        u = rng.random()
+        if u < 0.45:  # 1/f^beta noise from white noise in the Fourier domain
+            beta = rng.uniform(1.0, 2.2)
+            fy = np.fft.fftfreq(h)[:, None]
+            fx = np.fft.rfftfreq(w)[None, :]
+            f = np.sqrt(fx * fx + fy * fy)
+            f[0, 0] = 1.0
+            spec = (rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f ** (beta / 2)
+            spec[0, 0] = 0.0
+            field: np.ndarray = np.fft.irfft2(spec, s=(h, w)).astype(np.float32)
+        elif u < 0.85:  # stripes: a grating at any angle, sine or hard-edged
+            period = float(np.exp(rng.uniform(np.log(3.0), np.log(40.0))))
+            t = rng.uniform(0.0, math.pi)
+            yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+            field = np.sin((xx * math.cos(t) + yy * math.sin(t)) * (2 * math.pi / period) + rng.uniform(0, 6.3))
+            if rng.random() < 0.5:
+                field = np.sign(field)
+        else:  # fine grain: a speckle a pixel or two across
+            field = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), rng.uniform(0.6, 2.0))
+        field = field - field.mean()
+        out.append(np.clip(field / max(2.5 * float(field.std()), 1e-6), -1.0, 1.0).astype(np.float32))
+    return out
+
+
 def _leaves(
     canvas: np.ndarray, rng: np.random.Generator, palette: np.ndarray, coverage: float, r_min: float, r_max: float,
-    alpha: float, max_shapes: int = 12000,
+    alpha: float, max_shapes: int = 12000, texture: float = 0.0,
 ) -> None:
     """Draw opaque shapes back to front onto `canvas` (HxWx3 float32), anti-aliased, until their summed area is
-    `coverage` times the canvas (4 leaves about 2% of the first colour showing)."""
+    `coverage` times the canvas (4 leaves about 2% of the first colour showing).
+
+    `texture` > 0: that share of the shapes carries one of a few texture fields (`_textures`) inside its outline,
+    at its own contrast, instead of a flat colour; 0 (the committed pretrained weights' corpus) draws no more
+    random numbers than before, so those pictures stay exactly as they were."""
     h, w = canvas.shape[:2]
     s = 1 << _SHIFT
     radii = _radii(rng, max_shapes, r_min, r_max, alpha)
@@ -79,21 +115,43 @@ def _leaves(
     angle = rng.uniform(0.0, 180.0, n)
     base = palette[rng.integers(len(palette), size=n)]
     colours = np.clip(base * rng.uniform(0.55, 1.35, (n, 1)) + rng.normal(0.0, 12.0, (n, 3)), 0, 255).tolist()
-    for r, x, y, k, q, a, c in zip((radii * s).round().astype(int).tolist(), (cx * s).round().astype(int).tolist(),
-                                   (cy * s).round().astype(int).tolist(), kind.tolist(), squash.tolist(),
-                                   angle.tolist(), colours, strict=True):
+    # texture: an id map (0 = flat) drawn with the same outlines, and a contrast per shape
+    ids = None
+    tex_id = [0] * n
+    if texture > 0:
+        fields = _textures(rng, (h, w), 6)
+        tex_id = np.where(rng.random(n) < texture, rng.integers(1, len(fields) + 1, n), 0).tolist()
+        levels = rng.uniform(0.1, 0.6, n)  # relative contrast of a textured shape
+        ids = np.zeros((h, w), np.uint16)  # shape index + 1 of the top shape at each pixel
+    for i, (r, x, y, k, q, a, c) in enumerate(zip((radii * s).round().astype(int).tolist(),
+                                                  (cx * s).round().astype(int).tolist(),
+                                                  (cy * s).round().astype(int).tolist(), kind.tolist(),
+                                                  squash.tolist(), angle.tolist(), colours, strict=True)):
         r = max(1, r)
-        if k < 0.5:  # disk
-            cv2.circle(canvas, (x, y), r, c, -1, cv2.LINE_AA, _SHIFT)
-        elif k < 0.8:  # ellipse at any angle
-            cv2.ellipse(canvas, (x, y), (r, max(1, round(r * q))), a, 0, 360, c, -1, cv2.LINE_AA, _SHIFT)
-        else:  # rectangle at any angle (straight edges: banners, buildings, road markings)
-            t = math.radians(a)
-            dx, dy = r * math.cos(t), r * math.sin(t)
-            ex, ey = -r * q * math.sin(t), r * q * math.cos(t)
-            pts = np.array([[x - dx - ex, y - dy - ey], [x + dx - ex, y + dy - ey], [x + dx + ex, y + dy + ey],
-                            [x - dx + ex, y - dy + ey]])
-            cv2.fillPoly(canvas, [np.round(pts).astype(np.int32)], c, cv2.LINE_AA, _SHIFT)
+        targets: list[tuple[np.ndarray, Sequence[float] | float, int]] = [(canvas, c, cv2.LINE_AA)]
+        if ids is not None:
+            targets.append((ids, i + 1, cv2.LINE_8))  # never blended: an index, not a colour
+        for img, col, line in targets:
+            if k < 0.5:  # disk
+                cv2.circle(img, (x, y), r, col, -1, line, _SHIFT)
+            elif k < 0.8:  # ellipse at any angle
+                cv2.ellipse(img, (x, y), (r, max(1, round(r * q))), a, 0, 360, col, -1, line, _SHIFT)
+            else:  # rectangle at any angle (straight edges: banners, buildings, road markings)
+                t = math.radians(a)
+                dx, dy = r * math.cos(t), r * math.sin(t)
+                ex, ey = -r * q * math.sin(t), r * q * math.cos(t)
+                pts = np.array([[x - dx - ex, y - dy - ey], [x + dx - ex, y + dy - ey], [x + dx + ex, y + dy + ey],
+                                [x - dx + ex, y - dy + ey]])
+                cv2.fillPoly(img, [np.round(pts).astype(np.int32)], col, line, _SHIFT)
+    if ids is not None:
+        top = ids.astype(np.int64) - 1  # -1: the first colour still showing
+        which = np.asarray([0] + tex_id, np.int64)[top + 1]  # texture field of the top shape (0: flat)
+        amp = np.asarray([0.0] + levels.tolist(), np.float32)[top + 1]
+        mod = np.ones((h, w), np.float32)
+        for f, field in enumerate(fields, 1):
+            sel = which == f
+            mod[sel] += amp[sel] * field[sel]
+        canvas *= mod[..., None]
 
 
 def _lines(canvas: np.ndarray, rng: np.random.Generator, palette: np.ndarray, n: int) -> None:
@@ -172,8 +230,11 @@ def _shading(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)[..., None]
 
 
-def render(rng: np.random.Generator, long_side: int = LONG_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """One sharp dead-leaves picture with a running figure in front.
+def render(
+    rng: np.random.Generator, long_side: int = LONG_SIDE, texture: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One sharp dead-leaves picture with a running figure in front; `texture`: the share of leaves (scene and
+    figure alike) with a texture inside instead of a flat colour (see `_leaves`).
 
     Returns:
         (HxWx3 uint8 RGB picture, HxW uint8 mask of the figure, 255 = figure).
@@ -187,7 +248,7 @@ def render(rng: np.random.Generator, long_side: int = LONG_SIDE) -> tuple[np.nda
     scene: np.ndarray = np.empty((h, w, 3), np.float32)
     scene[:] = _colour(rng, palette)
     alpha = rng.uniform(2.3, 3.0)  # lower: more large smooth areas; higher: busier texture
-    _leaves(scene, rng, palette, 4.0, 2.0, 0.4 * max(h, w), alpha)
+    _leaves(scene, rng, palette, 4.0, 2.0, 0.4 * max(h, w), alpha, texture=texture)
     _lines(scene, rng, palette, int(rng.integers(0, 40)))
     if rng.random() < 0.4:  # a second, farther runner: part of the background, never of the mask
         other = _silhouette((h, w), rng, rng.uniform(0.15, 0.45), rng.uniform(0.05, 0.95)) / 255.0
@@ -204,7 +265,8 @@ def render(rng: np.random.Generator, long_side: int = LONG_SIDE) -> tuple[np.nda
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     crop = subject[y0:y1, x0:x1]  # texture only where the figure is: the cost follows its size
-    _leaves(crop, rng, sub_palette, 4.0, 1.5, 0.25 * max(y1 - y0, x1 - x0), rng.uniform(2.3, 3.0))
+    _leaves(crop, rng, sub_palette, 4.0, 1.5, 0.25 * max(y1 - y0, x1 - x0), rng.uniform(2.3, 3.0),
+            texture=texture)
     _lines(crop, rng, sub_palette, int(rng.integers(0, 12)))  # seams, stripes, bib edges
     subject *= _shading(rng, (h, w)) * rng.uniform(0.8, 1.2)
     a = (mask.astype(np.float32) / 255.0)[..., None]
@@ -212,9 +274,9 @@ def render(rng: np.random.Generator, long_side: int = LONG_SIDE) -> tuple[np.nda
     return picture, mask
 
 
-def _write_one(args: tuple[Path, str, int]) -> CorpusItem:
-    out, name, seed = args
-    picture, mask = render(np.random.default_rng(seed))
+def _write_one(args: tuple[Path, str, int, float]) -> CorpusItem:
+    out, name, seed, texture = args
+    picture, mask = render(np.random.default_rng(seed), texture=texture)
     item = CorpusItem(out / "images" / f"{name}.png", out / "masks" / f"{name}.png")
     for arr, mode, dest in ((picture, "RGB", item.image), (mask, "L", item.mask)):
         tmp = dest.with_suffix(".tmp.png")  # written whole or not at all: a resumed corpus trusts what it finds
@@ -230,8 +292,10 @@ def write_corpus(
     workers: int = 2,
     progress: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    texture: float = 0.0,
 ) -> list[CorpusItem]:
-    """Write `count` pictures and masks into `out_dir` (``images/dl_NNNNNN.png``, ``masks/...``).
+    """Write `count` pictures and masks into `out_dir` (``images/dl_NNNNNN.png``, ``masks/...``); `texture`: see
+    `render` (a corpus is one setting: resuming with another would mix two).
 
     Picture k depends only on (seed, k), so an interrupted corpus is completed by running this again: pictures
     already written are kept. Setting `stop` ends the rendering early (what is written stays).
@@ -241,7 +305,7 @@ def write_corpus(
     (out / "masks").mkdir(parents=True, exist_ok=True)
     names = [f"dl_{k:06d}" for k in range(count)]
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64)
-    todo = [(out, n, int(s)) for n, s in zip(names, seeds, strict=True)
+    todo = [(out, n, int(s), texture) for n, s in zip(names, seeds, strict=True)
             if not ((out / "images" / f"{n}.png").is_file() and (out / "masks" / f"{n}.png").is_file())]
     step = max(1, len(todo) // 10)
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(todo) > 1 else None

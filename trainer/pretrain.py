@@ -68,11 +68,16 @@ def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
     out = work / PRETRAINED
     if args.pictures <= args.val_pictures:
         raise ValueError(f"--pictures ({args.pictures}) must exceed --val-pictures ({args.val_pictures})")
+    if not 0.0 <= args.texture <= 1.0:
+        raise ValueError(f"--texture must be between 0 and 1, got {args.texture}")
+    weights = Path(args.weights).resolve() if args.weights else None
+    if weights is not None and not weights.is_file():
+        raise ValueError(f"--weights: no such file: {weights}")
     if out.is_file():
         rep.log(f"already trained: {out}")
         return 0
     rep.emit("step", step="render", index=1, total=3)
-    write_corpus(work / "corpus", args.pictures, args.seed, args.workers, rep.log, stop)
+    write_corpus(work / "corpus", args.pictures, args.seed, args.workers, rep.log, stop, args.texture)
     rep.log(f"corpus ready after {time.monotonic() - t0:.0f} s")
     if stop.is_set():
         return 130
@@ -97,7 +102,9 @@ def pretrain(args: Any, rep: Any, stop: threading.Event) -> int:
     kw["precision"] = getattr(args, "precision", "auto")
     if args.threads:
         kw["threads"] = args.threads
-    best = train_model(dataset, work, TrainConfig(**kw), None, True, on_epoch, rep.log, stop)
+    if weights is not None:
+        kw["warmup_bias_lr"] = 0.0  # continuing a trained network, as `shipped --weights` does
+    best = train_model(dataset, work, TrainConfig(**kw), weights, True, on_epoch, rep.log, stop)
     if stop.is_set():
         return 130
     shutil.copyfile(best, out.with_suffix(".tmp"))

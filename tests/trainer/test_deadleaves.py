@@ -47,6 +47,26 @@ def test_pictures_depend_only_on_their_seed() -> None:
     assert a.shape != c.shape or not np.array_equal(a, c)
 
 
+def test_textured_leaves_carry_texture_inside_their_outlines_and_flat_ones_do_not() -> None:
+    from trainer.deadleaves import _leaves, _palette
+
+    def one_big_leaf(texture: float) -> np.ndarray:
+        rng = np.random.default_rng(3)
+        canvas = np.full((200, 300, 3), 128.0, np.float32)
+        # one disk or shape far larger than the canvas: every pixel is inside the same leaf
+        _leaves(canvas, rng, _palette(rng, 3), 0.01, 2000.0, 2001.0, 2.5, max_shapes=1, texture=texture)
+        return canvas
+
+    flat, textured = one_big_leaf(0.0), one_big_leaf(1.0)
+    assert float(np.ptp(flat, axis=(0, 1)).max()) < 1e-3  # one colour
+    assert float(textured.mean(axis=2).std()) > 3.0  # levels of 0.1-0.6 of its colour: visible texture
+    plain = render(np.random.default_rng(11))
+    assert np.array_equal(plain[0], render(np.random.default_rng(11), texture=0.0)[0])
+    busy, mask = render(np.random.default_rng(11), texture=0.8)
+    assert busy.shape == plain[0].shape and is_subject(mask / 255.0)
+    assert _high_frequency(busy) > _high_frequency(plain[0])
+
+
 def test_a_corpus_resumes_where_it_stopped_and_finds_its_masks_like_shared_ones(tmp_path: Path) -> None:
     items = write_corpus(tmp_path, 3, seed=5, workers=1)
     first = {it.image.name: it.image.read_bytes() for it in items}
@@ -80,16 +100,20 @@ def test_the_dataset_keeps_validation_pictures_out_of_training(tmp_path: Path) -
     assert len(read_manifest(tmp_path / "ds")) == len(rows)
 
 
-def test_pretrain_checks_its_options_before_writing(tmp_path: Path, capsys) -> None:
+def test_pretrain_checks_its_options_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train_main(["pretrain", "--work", str(tmp_path / "w"), "--pictures", "3", "--val-pictures", "3"]) == 1
     assert "--pictures" in capsys.readouterr().err
+    assert train_main(["pretrain", "--work", str(tmp_path / "w"), "--texture", "1.5"]) == 1
+    assert "--texture" in capsys.readouterr().err
+    assert train_main(["pretrain", "--work", str(tmp_path / "w"), "--weights", str(tmp_path / "none.pt")]) == 1
+    assert "--weights" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.train
 @pytest.mark.usefixtures("ultralytics_env", "_keep_signal_handlers")
-def test_pretrain_trains_a_four_class_classifier_that_shipped_can_start_from(tmp_path: Path) -> None:
+def test_pretrain_trains_a_four_class_classifier_that_shipped_can_start_from(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("ultralytics")
     work = tmp_path / "pre"
     argv = ["pretrain", "--work", str(work), "--pictures", "8", "--val-pictures", "2", "--scale", "0.02",
@@ -102,3 +126,12 @@ def test_pretrain_trains_a_four_class_classifier_that_shipped_can_start_from(tmp
     model = YOLO(str(best))
     assert model.task == "classify" and sorted(model.names.values()) == sorted(PRODUCT_CLASSES)
     assert train_main(argv) == 0  # run again: corpus and dataset reused, finished training kept
+    # continued on a textured corpus from those weights (how a longer, textured pretraining is made)
+    more = tmp_path / "more"
+    argv2 = [a if a != str(work) else str(more) for a in argv] + ["--texture", "0.6", "--weights", str(best)]
+    capfd.readouterr()
+    assert train_main(argv2) == 0
+    said = "".join(capfd.readouterr())
+    assert f"fine-tuning {best}" in said and "yolov8n-cls.yaml" not in said
+    model2 = YOLO(str(more / "pretrained.pt"))
+    assert model2.task == "classify" and sorted(model2.names.values()) == sorted(PRODUCT_CLASSES)
