@@ -6,16 +6,20 @@
 #   2. fine-tuning stage 1's best weights on a fresh synthesis draw (synthesis seed 1) with more sharp examples
 #      and more motion, HOURS2 of training (default 0.6 or 0.7: the schedule below), at a lower learning rate.
 # Then (ENSEMBLE=1, the default; steps 6-7) the same two stages on the same two datasets from the committed
-# dead-leaves pretrained weights (33 epochs, then PRE_HOURS2 of fine-tuning), and the merge of stage 2, that
-# fine-tune and its stage 1. ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
+# dead-leaves pretrained weights (33 epochs, then PRE_HOURS2 of fine-tuning), the same again from the committed
+# textured dead-leaves weights (step 6b, TEXTURED=1: 33 epochs, then at most 31), and the merge of stage 2 and the
+# two fine-tunes (TEXTURED=0: stage 2, the first fine-tune and its stage 1, the model shipped until 2026-12-04).
+# ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
 # The schedule follows the CPU. Training uses bfloat16 autocast where the CPU has it (AMX / AVX512-BF16:
 # `--precision auto`, 1.7x the speed here, same quality at equal epochs); there the default is PARALLEL=1: the
 # recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one torch
 # thread each (logs in WORK/logs), then the recipe's stage 2 alone on all cores, with HOURS2=0.6 and PRE_HOURS2=0.4:
-# 1 h 39 min measured on this 2-core machine, each network at least the shipped model's epochs (recipe 100 + 68,
-# dead-leaves 33 + 31; MODEL_CARD.md, "Training arithmetic"). Elsewhere (float32) the default is the schedule the
-# shipped model was made with: PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7, PRE_HOURS2=0.5,
-# about 2 h 45 min; side by side in float32 the time-boxed recipe network got only 60 + 33 epochs and came out weaker.
+# 1 h 39 min measured on this 2-core machine up to step 6, each network at least the shipped model's epochs (recipe
+# 100 + 68, dead-leaves 33 + 31; MODEL_CARD.md, "Training arithmetic"); step 6b adds 27 min (832 + 796 s measured on
+# all cores), about 2 h 6 min in all. Elsewhere (float32) the default is the schedule the shipped model's first two
+# networks were made with: PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7, PRE_HOURS2=0.5,
+# about 2 h 45 min before step 6b (which takes about 1.7x its bfloat16 time there, ~46 min, not measured); side by
+# side in float32 the time-boxed recipe network got only 60 + 33 epochs and came out weaker.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
@@ -61,7 +65,9 @@ PRE_HOURS2=${PRE_HOURS2:-$DEF_PRE_HOURS2}  # ENSEMBLE: fine-tuning budget of the
 ENSEMBLE=${ENSEMBLE:-1}        # 1: the shipped three-member ensemble (steps 6-7); 0: stage 2 alone
 PARALLEL=${PARALLEL:-$DEF_PARALLEL}  # ENSEMBLE: 0: one network after the other (the shipped model); 1: side by side
 PRE_WEIGHTS=${PRE_WEIGHTS-trainer/weights/deadleaves_yolov8n_cls.pt}  # ENSEMBLE's pretrained start; empty: pretrain
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 PRE_HOURS2=$PRE_HOURS2 (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+TEXTURED=${TEXTURED:-1}  # ENSEMBLE: 1: the third member is the textured dead-leaves chain (shipped since 2026-12-04); 0: dl1
+TEX_WEIGHTS=${TEX_WEIGHTS:-trainer/weights/deadleaves_textured_yolov8n_cls.pt}  # its pretrained start
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 [ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
 
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
@@ -146,6 +152,28 @@ deadleaves2() {
     --epochs 120 "${STAGE2_MIX[@]}" --train-floor visible $(threads "$1")
 }
 
+# 6b. TEXTURED=1 (the shipped model since 2026-12-04): the same two stages once more, from the textured dead-leaves
+#    weights (TEX_WEIGHTS: PRE_WEIGHTS pretrained further on leaves with texture inside; trainer/weights/README.md).
+#    Both are capped by epochs, not time (33, then at most 31; early stopping ended the measured run at 23), so every
+#    machine trains the same network; only its fine-tuned network is a member.
+textured1() {
+  [ -f "$WORK/tdl1/model/blurflag.onnx" ] && return 0
+  mkdir -p "$WORK/tdl1" "$WORK/pretrain"
+  [ -f "$WORK/pretrain/textured.pt" ] || cp "$TEX_WEIGHTS" "$WORK/pretrain/textured.pt"
+  ln -sfn ../ship/dataset "$WORK/tdl1/dataset"
+  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/tdl1" --model-out "$WORK/tdl1/model" \
+    --mask-dir "$WORK/masks" --resume --weights "$WORK/pretrain/textured.pt" --hours 0 --epochs 33 \
+    --train-floor visible $(threads "$1")
+}
+textured2() {
+  [ -f "$WORK/tdl2/model/blurflag.onnx" ] && return 0
+  mkdir -p "$WORK/tdl2"
+  ln -sfn ../ship2/dataset "$WORK/tdl2/dataset"
+  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/tdl2" --model-out "$WORK/tdl2/model" \
+    --mask-dir "$WORK/masks" --resume --weights "$WORK/tdl1/runs/train/weights/best.pt" --hours 0 --epochs 31 \
+    "${STAGE2_MIX[@]}" --train-floor visible $(threads "$1")
+}
+
 # side_by_side NAME1 "CMDS1" NAME2 "CMDS2": both in the background, one log each (WORK/logs/NAME.log, also appended to
 # build.log when done); fails if either fails; an interruption stops both.
 side_by_side() {
@@ -185,8 +213,14 @@ else
   deadleaves1 "" | tee -a "$WORK/build.log"
   deadleaves2 "" | tee -a "$WORK/build.log"
 fi
+THIRD="$WORK/dl1/model"   # the member before 2026-12-04: the dead-leaves stage 1
+if [ "$TEXTURED" = 1 ]; then
+  textured1 "" | tee -a "$WORK/build.log"
+  textured2 "" | tee -a "$WORK/build.log"
+  THIRD="$WORK/tdl2/model"
+fi
 # 7. One ONNX graph averaging the three members' probabilities, evaluated like the members (stage 2's splits).
-.venv/bin/blurflag-train ensemble "$WORK/final/model" "$WORK/ship2/model" "$WORK/dl2/model" "$WORK/dl1/model" \
+.venv/bin/blurflag-train ensemble "$WORK/final/model" "$WORK/ship2/model" "$WORK/dl2/model" "$THIRD" \
   --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
 for split in val test; do
   .venv/bin/blurflag-train evaluate "$WORK/final/model" "$WORK/ship2/dataset" --split $split \

@@ -113,7 +113,9 @@ def test_pretrain_checks_its_options_before_writing(tmp_path: Path, capsys: pyte
 @pytest.mark.slow
 @pytest.mark.train
 @pytest.mark.usefixtures("ultralytics_env", "_keep_signal_handlers")
-def test_pretrain_trains_a_four_class_classifier_that_shipped_can_start_from(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_pretrain_trains_a_four_class_classifier_that_shipped_can_start_from(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("ultralytics")
     work = tmp_path / "pre"
     argv = ["pretrain", "--work", str(work), "--pictures", "8", "--val-pictures", "2", "--scale", "0.02",
@@ -135,3 +137,17 @@ def test_pretrain_trains_a_four_class_classifier_that_shipped_can_start_from(tmp
     assert f"fine-tuning {best}" in said and "yolov8n-cls.yaml" not in said
     model2 = YOLO(str(more / "pretrained.pt"))
     assert model2.task == "classify" and sorted(model2.names.values()) == sorted(PRODUCT_CLASSES)
+
+
+@pytest.mark.train
+@pytest.mark.usefixtures("ultralytics_env")
+@pytest.mark.parametrize("name", ["deadleaves_yolov8n_cls.pt", "deadleaves_textured_yolov8n_cls.pt"])
+def test_the_committed_pretrained_starts_are_four_class_classifiers(name: str) -> None:
+    """scripts/build_model.sh starts two of the shipped networks from these (PRE_WEIGHTS, TEX_WEIGHTS)."""
+    pytest.importorskip("ultralytics")
+    from ultralytics import YOLO
+
+    path = Path(__file__).resolve().parents[2] / "trainer" / "weights" / name
+    model = YOLO(str(path))
+    assert model.task == "classify" and sorted(model.names.values()) == sorted(PRODUCT_CLASSES)
+    assert name in (path.parent / "README.md").read_text(encoding="utf-8")
