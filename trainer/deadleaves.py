@@ -15,6 +15,7 @@ dataset code finds each picture's mask the same way. Pictures are PNG: the synth
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -295,14 +296,25 @@ def write_corpus(
     texture: float = 0.0,
 ) -> list[CorpusItem]:
     """Write `count` pictures and masks into `out_dir` (``images/dl_NNNNNN.png``, ``masks/...``); `texture`: see
-    `render` (a corpus is one setting: resuming with another would mix two).
+    `render`.
 
-    Picture k depends only on (seed, k), so an interrupted corpus is completed by running this again: pictures
-    already written are kept. Setting `stop` ends the rendering early (what is written stays).
+    Picture k depends only on (seed, texture, k), so an interrupted corpus is completed by running this again:
+    pictures already written are kept. Setting `stop` ends the rendering early (what is written stays). The seed and
+    texture are written to ``corpus.json``; continuing a corpus with others raises ValueError instead of mixing two.
     """
     out = Path(out_dir)
+    settings = {"seed": int(seed), "texture": float(texture)}
+    recorded = out / "corpus.json"
+    if recorded.is_file():
+        was = json.loads(recorded.read_text(encoding="utf-8"))
+        if was != settings:
+            raise ValueError(f"{out} holds a dead-leaves corpus made with {was}, not {settings}: use another folder")
+    elif texture != 0.0 and (out / "images").is_dir() and any((out / "images").glob("dl_*.png")):
+        # written before corpus.json existed, so of flat leaves
+        raise ValueError(f"{out} holds a dead-leaves corpus of flat leaves, not texture {texture}: use another folder")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(settings), encoding="utf-8")
     names = [f"dl_{k:06d}" for k in range(count)]
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64)
     todo = [(out, n, int(s), texture) for n, s in zip(names, seeds, strict=True)

@@ -82,6 +82,19 @@ def test_a_corpus_resumes_where_it_stopped_and_finds_its_masks_like_shared_ones(
         assert found is not None and np.abs((found >= 0.5) ^ (np.asarray(im) >= 128)).mean() < 0.01
 
 
+def test_a_corpus_is_never_continued_with_other_settings(tmp_path: Path) -> None:
+    write_corpus(tmp_path, 2, seed=5, workers=1)
+    before = sorted(p.read_bytes() for p in (tmp_path / "images").iterdir())
+    for seed, texture in ((5, 0.5), (6, 0.0)):
+        with pytest.raises(ValueError, match="another folder"):
+            write_corpus(tmp_path, 3, seed=seed, workers=1, texture=texture)
+    assert sorted(p.read_bytes() for p in (tmp_path / "images").iterdir()) == before  # nothing added or changed
+    (tmp_path / "corpus.json").unlink()  # a corpus from before the settings were recorded: flat leaves
+    with pytest.raises(ValueError, match="flat leaves"):
+        write_corpus(tmp_path, 3, seed=5, workers=1, texture=0.5)
+    assert len(write_corpus(tmp_path, 3, seed=5, workers=1)) == 3
+
+
 def test_the_dataset_keeps_validation_pictures_out_of_training(tmp_path: Path) -> None:
     write_corpus(tmp_path / "corpus", 8, seed=1, workers=1)
     rows = build_pretrain_dataset(tmp_path / "corpus", tmp_path / "ds", InputSpec(size=64, resize="stretch"),
