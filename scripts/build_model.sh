@@ -15,8 +15,8 @@
 # recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one torch
 # thread each (logs in WORK/logs), then the recipe's stage 2 alone on all cores, with HOURS2=0.6 and PRE_HOURS2=0.4:
 # 1 h 39 min measured on this 2-core machine up to step 6, each network at least the shipped model's epochs (recipe
-# 100 + 68, dead-leaves 33 + 31; MODEL_CARD.md, "Training arithmetic"); step 6b adds 27 min (832 + 796 s measured on
-# all cores), about 2 h 6 min in all. Elsewhere (float32) the default is the schedule the shipped model's first two
+# 100 + 68, dead-leaves 33 + 31; MODEL_CARD.md, "Training arithmetic"); step 6b and the merge took 1,648 s more on all
+# cores (the script resumed on that work folder), 2 h 7 min in all. Elsewhere (float32) the default is the schedule the shipped model's first two
 # networks were made with: PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7, PRE_HOURS2=0.5,
 # about 2 h 45 min before step 6b (which takes about 1.7x its bfloat16 time there, ~46 min, not measured); side by
 # side in float32 the time-boxed recipe network got only 60 + 33 epochs and came out weaker.
