@@ -53,7 +53,7 @@ def test_textured_leaves_carry_texture_inside_their_outlines_and_flat_ones_do_no
     def one_big_leaf(texture: float) -> np.ndarray:
         rng = np.random.default_rng(3)
         canvas = np.full((200, 300, 3), 128.0, np.float32)
-        # one disk or shape far larger than the canvas: every pixel is inside the same leaf
+        # one shape far larger than the canvas; with this seed it covers every pixel (the flat check shows it)
         _leaves(canvas, rng, _palette(rng, 3), 0.01, 2000.0, 2001.0, 2.5, max_shapes=1, texture=texture)
         return canvas
 
