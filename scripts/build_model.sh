@@ -135,44 +135,37 @@ pretrained() {
     .venv/bin/blurflag-train pretrain --work "$WORK/pretrain" --hours "$PRE_HOURS"
   fi
 }
-deadleaves1() {
-  [ -f "$WORK/dl1/model/blurflag.onnx" ] && return 0
-  mkdir -p "$WORK/dl1"
-  ln -sfn ../ship/dataset "$WORK/dl1/dataset"    # the same stage-1 dataset (and split) as the recipe's stage 1
-  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/dl1" --model-out "$WORK/dl1/model" \
-    --mask-dir "$WORK/masks" --resume --weights "$WORK/pretrain/pretrained.pt" --hours 0 --epochs 33 \
-    --train-floor visible $(threads "$1")
+# A dead-leaves chain's two stages, on the recipe's two datasets (and split): chain_stage1 DIR START THREADS trains
+# WORK/DIR from START for 33 epochs on the stage-1 dataset; chain_stage2 FROM DIR HOURS EPOCHS THREADS fine-tunes
+# WORK/FROM's best weights into WORK/DIR on the stage-2 dataset. Each is skipped once its model exists.
+chain_stage1() {
+  [ -f "$WORK/$1/model/blurflag.onnx" ] && return 0
+  mkdir -p "$WORK/$1"
+  ln -sfn ../ship/dataset "$WORK/$1/dataset"
+  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$1" --model-out "$WORK/$1/model" \
+    --mask-dir "$WORK/masks" --resume --weights "$2" --hours 0 --epochs 33 --train-floor visible $(threads "$3")
 }
-deadleaves2() {
-  [ -f "$WORK/dl2/model/blurflag.onnx" ] && return 0
-  mkdir -p "$WORK/dl2"
-  ln -sfn ../ship2/dataset "$WORK/dl2/dataset"   # the same stage-2 dataset as the recipe's stage 2
-  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/dl2" --model-out "$WORK/dl2/model" \
-    --mask-dir "$WORK/masks" --resume --weights "$WORK/dl1/runs/train/weights/best.pt" --hours "$PRE_HOURS2" \
-    --epochs 120 "${STAGE2_MIX[@]}" --train-floor visible $(threads "$1")
+chain_stage2() {
+  [ -f "$WORK/$2/model/blurflag.onnx" ] && return 0
+  mkdir -p "$WORK/$2"
+  ln -sfn ../ship2/dataset "$WORK/$2/dataset"
+  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$2" --model-out "$WORK/$2/model" \
+    --mask-dir "$WORK/masks" --resume --weights "$WORK/$1/runs/train/weights/best.pt" --hours "$3" \
+    --epochs "$4" "${STAGE2_MIX[@]}" --train-floor visible $(threads "$5")
 }
+deadleaves1() { chain_stage1 dl1 "$WORK/pretrain/pretrained.pt" "$1"; }
+deadleaves2() { chain_stage2 dl1 dl2 "$PRE_HOURS2" 120 "$1"; }
 
 # 6b. TEXTURED=1 (the shipped model since 2026-12-04): the same two stages once more, from the textured dead-leaves
 #    weights (TEX_WEIGHTS: PRE_WEIGHTS pretrained further on leaves with texture inside; trainer/weights/README.md).
 #    Both are capped by epochs, not time (33, then at most 31; early stopping ended the measured run at 23), so every
 #    machine trains the same network; only its fine-tuned network is a member.
 textured1() {
-  [ -f "$WORK/tdl1/model/blurflag.onnx" ] && return 0
-  mkdir -p "$WORK/tdl1" "$WORK/pretrain"
+  mkdir -p "$WORK/pretrain"
   [ -f "$WORK/pretrain/textured.pt" ] || cp "$TEX_WEIGHTS" "$WORK/pretrain/textured.pt"
-  ln -sfn ../ship/dataset "$WORK/tdl1/dataset"
-  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/tdl1" --model-out "$WORK/tdl1/model" \
-    --mask-dir "$WORK/masks" --resume --weights "$WORK/pretrain/textured.pt" --hours 0 --epochs 33 \
-    --train-floor visible $(threads "$1")
+  chain_stage1 tdl1 "$WORK/pretrain/textured.pt" "$1"
 }
-textured2() {
-  [ -f "$WORK/tdl2/model/blurflag.onnx" ] && return 0
-  mkdir -p "$WORK/tdl2"
-  ln -sfn ../ship2/dataset "$WORK/tdl2/dataset"
-  .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/tdl2" --model-out "$WORK/tdl2/model" \
-    --mask-dir "$WORK/masks" --resume --weights "$WORK/tdl1/runs/train/weights/best.pt" --hours 0 --epochs 31 \
-    "${STAGE2_MIX[@]}" --train-floor visible $(threads "$1")
-}
+textured2() { chain_stage2 tdl1 tdl2 0 31 "$1"; }
 
 # side_by_side NAME1 "CMDS1" NAME2 "CMDS2": both in the background, one log each (WORK/logs/NAME.log, also appended to
 # build.log when done); fails if either fails; an interruption stops both.
