@@ -48,9 +48,11 @@ mkdir -p "$WORK"
   || bash scripts/install.sh --train
 # The default schedule follows the CPU (header): bfloat16 -> side by side with shorter fine-tuning boxes.
 BF16=$(.venv/bin/python -c "from trainer.train import use_bf16; print(int(use_bf16('auto')))")
-if [ "$BF16" = 1 ]; then DEF_PARALLEL=1 DEF_HOURS2=0.6 DEF_PRE_HOURS2=0.4; else DEF_PARALLEL=0 DEF_HOURS2=0.7 DEF_PRE_HOURS2=0.5; fi
+if [ "$BF16" = 1 ]; then DEF_PARALLEL=1 DEF_HOURS2=0 DEF_EPOCHS2=68 DEF_PRE_HOURS2=0.4
+else DEF_PARALLEL=0 DEF_HOURS2=0.7 DEF_EPOCHS2=120 DEF_PRE_HOURS2=0.5; fi
 HOURS=${HOURS:-0.95}
-HOURS2=${HOURS2:-$DEF_HOURS2}
+HOURS2=${HOURS2:-$DEF_HOURS2}      # stage 2's time box (0: none, EPOCHS2 epochs)
+EPOCHS2=${EPOCHS2:-$DEF_EPOCHS2}   # stage 2's epoch cap
 SCALE=${SCALE:-1}    # training-set size factor of stage 1 (more synthesis draws of the same photos)
 SCALE2=${SCALE2:-1}  # the same for stage 2
 DENSE_ARGS=()        # DENSE=W: stage 1 with region targets of weight W (trainer/dense.py; 0: that loop, labels only)
@@ -67,7 +69,7 @@ PARALLEL=${PARALLEL:-$DEF_PARALLEL}  # ENSEMBLE: 0: one network after the other 
 PRE_WEIGHTS=${PRE_WEIGHTS-trainer/weights/deadleaves_yolov8n_cls.pt}  # ENSEMBLE's pretrained start; empty: pretrain
 TEXTURED=${TEXTURED:-1}  # ENSEMBLE: 1: the third member is the textured dead-leaves chain (shipped since 2026-12-04); 0: dl1
 TEX_WEIGHTS=${TEX_WEIGHTS:-trainer/weights/deadleaves_textured_yolov8n_cls.pt}  # its pretrained start
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 [ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
 
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
@@ -119,7 +121,8 @@ stage2() {
   local resume=()
   [ -f "$WORK/ship2/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs 120 --weights "$STAGE1" "${STAGE2_MIX[@]}" \
+    --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
+    "${STAGE2_MIX[@]}" \
     --train-floor visible --reframe "$REFRAME" "${resume[@]}" $(threads "$1")
 }
 
@@ -188,12 +191,16 @@ side_by_side() {
 
 if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then
   # The recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one
-  # torch thread each (bench/train_threads.sh measures what that buys on a machine); then the recipe's stage 2 alone
-  # on all cores.
+  # torch thread each (bench/train_threads.sh measures what that buys on a machine); then the recipe's stage 2 beside
+  # the textured chain (step 6b), one thread each again (TEXTURED=0: stage 2 alone on all cores).
   dataset1 | tee -a "$WORK/build.log"
   pretrained | tee -a "$WORK/build.log"
   side_by_side recipe-stage1 "stage1 1" deadleaves "deadleaves1 1 && dataset2 1 && deadleaves2 1"
-  stage2 "" | tee -a "$WORK/build.log"
+  if [ "$TEXTURED" = 1 ]; then
+    side_by_side recipe-stage2 "stage2 1" textured "textured1 1 && textured2 1"
+  else
+    stage2 "" | tee -a "$WORK/build.log"
+  fi
 else
   stage1 "" | tee -a "$WORK/build.log"
   stage2 "" | tee -a "$WORK/build.log"

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PARALLEL", "HOURS", "HOURS2", "PRE_HOURS2", "TEXTURED")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2",
+                                                                 "TEXTURED")}
     env.update(SCHEDULE_ONLY="1", **overrides)
     proc = subprocess.run(["bash", "scripts/build_model.sh", str(tmp_path), str(tmp_path / "work")], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120, check=True)
@@ -30,13 +31,14 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
 
     got = _schedule(tmp_path)
     if use_bf16("auto"):
-        assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0.6", "PRE_HOURS2": "0.4", "TEXTURED": "1",
-                       "bf16": "1"}
+        assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
+                       "TEXTURED": "1", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
-        assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "PRE_HOURS2": "0.5", "TEXTURED": "1",
-                       "bf16": "0"}
+        assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
+                       "TEXTURED": "1", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
-    got = _schedule(tmp_path, PARALLEL="0", HOURS2="0.7", PRE_HOURS2="0.5", TEXTURED="0")
-    assert (got["PARALLEL"], got["HOURS2"], got["PRE_HOURS2"], got["TEXTURED"]) == ("0", "0.7", "0.5", "0")
+    got = _schedule(tmp_path, PARALLEL="0", HOURS2="0.7", EPOCHS2="120", PRE_HOURS2="0.5", TEXTURED="0")
+    assert (got["PARALLEL"], got["HOURS2"], got["EPOCHS2"], got["PRE_HOURS2"], got["TEXTURED"]) == (
+        "0", "0.7", "120", "0.5", "0")
