@@ -42,3 +42,92 @@ def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
     got = _schedule(tmp_path, PARALLEL="0", HOURS2="0.7", EPOCHS2="120", PRE_HOURS2="0.5", TEXTURED="0")
     assert (got["PARALLEL"], got["HOURS2"], got["EPOCHS2"], got["PRE_HOURS2"], got["TEXTURED"]) == (
         "0", "0.7", "120", "0.5", "0")
+
+
+# A stand-in for the training venv: blurflag-train records its arguments and makes the files the next step looks
+# for (a dataset manifest, a model, best weights); python answers the CPU question; nothing is trained.
+_STUB_TRAIN = r"""#!/usr/bin/env bash
+echo "$*" >> "$STUB_LOG"
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in --work) work=${args[$((i + 1))]};; --model-out) out=${args[$((i + 1))]};; esac
+done
+if [ "$1" = shipped ]; then
+  mkdir -p "$work/dataset"
+  [ -f "$work/dataset/manifest.csv" ] || touch "$work/dataset/manifest.csv"
+  [[ " $* " == *" --prepare-only "* ]] && exit 0
+  mkdir -p "$out" "$work/runs/train/weights" && touch "$out/blurflag.onnx" "$work/runs/train/weights/best.pt"
+fi
+[ "$1" = ensemble ] && mkdir -p "$2"
+exit 0
+"""
+_STUB_PY = """#!/usr/bin/env bash
+case "$*" in *use_bf16*) echo "$STUB_BF16";; esac
+exit 0
+"""
+
+
+def _run_with_stubs(tmp_path: Path, bf16: str, **overrides: str) -> list[str]:
+    """Run the real script in a copy of scripts/ whose trainer is a stub; the blurflag-train calls it made."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    if not repo.exists():
+        shutil.copytree(REPO / "scripts", repo / "scripts")
+        (repo / "trainer" / "weights").mkdir(parents=True)
+        for name in ("deadleaves_yolov8n_cls.pt", "deadleaves_textured_yolov8n_cls.pt"):
+            (repo / "trainer" / "weights" / name).write_bytes(b"weights")
+        for name, text in (("blurflag-train", _STUB_TRAIN), ("python", _STUB_PY)):
+            exe = repo / ".venv" / "bin" / name
+            exe.parent.mkdir(parents=True, exist_ok=True)
+            exe.write_text(text)
+            exe.chmod(0o755)
+        mp = tmp_path / "work" / "mediapipe-venv" / "bin" / "python"   # an existing mask venv is reused
+        mp.parent.mkdir(parents=True)
+        mp.write_text(_STUB_PY)
+        mp.chmod(0o755)
+        for sub in ("race", "race_misc", "bokeh"):
+            (tmp_path / "shared" / sub).mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2",
+                                                                 "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY")}
+    env.update(STUB_LOG=str(log), STUB_BF16=bf16, **overrides)
+    subprocess.run(["bash", "scripts/build_model.sh", str(tmp_path / "shared"), str(tmp_path / "work")], cwd=repo,
+                   env=env, capture_output=True, text=True, timeout=120, check=True)
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def _training(calls: list[str], work: str) -> str:
+    """The one training call (not --prepare-only) into WORK/work."""
+    (hit,) = [c for c in calls if f"--work {work} " in c + " " and "--prepare-only" not in c]
+    return hit
+
+
+def test_bf16_schedule_pairs_the_chains_one_thread_each(tmp_path: Path) -> None:
+    calls = _run_with_stubs(tmp_path, bf16="1")
+    w = str(tmp_path / "work")
+    stage2 = _training(calls, f"{w}/ship2")
+    assert " --hours 0 " in stage2 and " --epochs 68 --patience 40 " in stage2 and stage2.endswith("--threads 1")
+    assert stage2.count(f"--weights {w}/ship/runs/train/weights/best.pt") == 1
+    for work in ("ship", "dl1", "dl2", "tdl1", "tdl2"):   # every network trains beside another, on one thread
+        assert _training(calls, f"{w}/{work}").endswith("--threads 1")
+    assert f"--weights {w}/tdl1/runs/train/weights/best.pt" in _training(calls, f"{w}/tdl2")
+    log = (tmp_path / "work" / "build.log").read_text()
+    assert "running recipe-stage1 and deadleaves side by side" in log
+    assert "running recipe-stage2 and textured side by side" in log
+    merge = next(c for c in calls if c.startswith("ensemble "))
+    assert merge.split()[2:5] == [f"{w}/ship2/model", f"{w}/dl2/model", f"{w}/tdl2/model"]
+    # run again on the same folder: every network exists, so only the merge and its evaluations run
+    again = _run_with_stubs(tmp_path, bf16="1")
+    assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
+
+
+def test_float32_schedule_trains_one_network_at_a_time(tmp_path: Path) -> None:
+    calls = _run_with_stubs(tmp_path, bf16="0", TEXTURED="0")
+    w = str(tmp_path / "work")
+    stage2 = _training(calls, f"{w}/ship2")
+    assert " --hours 0.7 " in stage2 and " --epochs 120 --patience 40 " in stage2 and "--threads" not in stage2
+    assert not any(f"{w}/tdl" in c for c in calls)
+    merge = next(c for c in calls if c.startswith("ensemble "))
+    assert merge.split()[2:5] == [f"{w}/ship2/model", f"{w}/dl2/model", f"{w}/dl1/model"]
