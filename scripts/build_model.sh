@@ -4,24 +4,25 @@
 #   1. from scratch (yolov8n-cls.yaml) on the shipped recipe, at most HOURS of training (default 0.95; early
 #      stopping ended the measured run after 42 minutes);
 #   2. fine-tuning stage 1's best weights on a fresh synthesis draw (synthesis seed 1) with more sharp examples
-#      and more motion, HOURS2 of training (default 0.6 or 0.7: the schedule below), at a lower learning rate.
+#      and more motion, at a lower learning rate: EPOCHS2 epochs with no time box (68, the shipped stage 2's count)
+#      on bfloat16 CPUs, a HOURS2 box (0.7 h) elsewhere (the schedule below).
 # Then (ENSEMBLE=1, the default; steps 6-7) the same two stages on the same two datasets from the committed
 # dead-leaves pretrained weights (33 epochs, then PRE_HOURS2 of fine-tuning), the same again from the committed
 # textured dead-leaves weights (step 6b, TEXTURED=1: 33 epochs, then at most 31), and the merge of stage 2 and the
 # two fine-tunes (TEXTURED=0: stage 2, the first fine-tune and its stage 1, the model shipped until 2026-12-04).
 # ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
 # The schedule follows the CPU. Training uses bfloat16 autocast where the CPU has it (AMX / AVX512-BF16:
-# `--precision auto`, 1.7x the speed here, same quality at equal epochs); there the default is PARALLEL=1: the
-# recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one torch
-# thread each (logs in WORK/logs), then the recipe's stage 2 alone on all cores, with HOURS2=0.6 and PRE_HOURS2=0.4:
-# 1 h 39 min measured on this 2-core machine up to step 6, each network at least the shipped model's epochs (recipe
-# 100 + 68, dead-leaves 33 + 31; MODEL_CARD.md, "Training arithmetic"); step 6b and the merge took 1,648 s more on all
-# cores (the script resumed on that work folder), 2 h 7 min in all. Elsewhere (float32) the default is the schedule the shipped model's first two
+# `--precision auto`, 1.7x the speed here, same quality at equal epochs); there the default is PARALLEL=1: two
+# networks at a time, one torch thread each (two one-thread runs train 1.36x as fast as one two-thread run; logs in
+# WORK/logs): the recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its
+# fine-tuning in a PRE_HOURS2=0.4 box), then the recipe's stage 2 beside the textured chain (step 6b). Measured in
+# one run from a fresh clone and an empty work folder on this 2-core machine, install included: 1 h 59 min
+# 58 s (MODEL_CARD.md, "Reproduce"). Elsewhere (float32) the default is the schedule the shipped model's first two
 # networks were made with: PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7, PRE_HOURS2=0.5,
 # about 2 h 45 min before step 6b (which takes about 1.7x its bfloat16 time there, ~46 min, not measured); side by
 # side in float32 the time-boxed recipe network got only 60 + 33 epochs and came out weaker.
 # Both stages synthesise training blur only at visible strengths (--train-floor visible).
-# HOURS / HOURS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe for experiments;
+# HOURS / HOURS2 / EPOCHS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
 # measured in MODEL_CARD.md, not the shipped recipe) and REFRAME=SHARE (both stages: half of the training examples
 # made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe).
