@@ -47,7 +47,7 @@ mkdir -p "$WORK"
 # (find_spec, not an import: importing ultralytics writes a settings file outside its private config folder)
 [ -x .venv/bin/blurflag-train ] && .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('ultralytics') is None)" \
   || bash scripts/install.sh --train
-# The default schedule follows the CPU (header): bfloat16 -> side by side with shorter fine-tuning boxes.
+# The default schedule follows the CPU (header): bfloat16 -> two networks at a time, stage 2 capped by epochs.
 BF16=$(.venv/bin/python -c "from trainer.train import use_bf16; print(int(use_bf16('auto')))")
 if [ "$BF16" = 1 ]; then DEF_PARALLEL=1 DEF_HOURS2=0 DEF_EPOCHS2=68 DEF_PRE_HOURS2=0.4
 else DEF_PARALLEL=0 DEF_HOURS2=0.7 DEF_EPOCHS2=120 DEF_PRE_HOURS2=0.5; fi
