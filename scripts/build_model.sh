@@ -123,8 +123,7 @@ stage2() {
   [ -f "$WORK/ship2/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
     --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
-    "${STAGE2_MIX[@]}" \
-    --train-floor visible --reframe "$REFRAME" "${resume[@]}" $(threads "$1")
+    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" "${resume[@]}" $(threads "$1")
 }
 
 # 6. ENSEMBLE=1 (the shipped model): two more members on the same two datasets, started from dead-leaves pretraining

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import pytest
 HAS_TRAIN = all(importlib.util.find_spec(m) for m in ("torch", "ultralytics"))
 pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI installs it)")
 REPO = Path(__file__).resolve().parents[2]
+#: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
+_KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2",
-                                                                 "TEXTURED")}
+    env = {k: v for k, v in os.environ.items() if k not in _KNOBS}
     env.update(SCHEDULE_ONLY="1", **overrides)
     proc = subprocess.run(["bash", "scripts/build_model.sh", str(tmp_path), str(tmp_path / "work")], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120, check=True)
@@ -69,8 +71,6 @@ exit 0
 
 def _run_with_stubs(tmp_path: Path, bf16: str, **overrides: str) -> list[str]:
     """Run the real script in a copy of scripts/ whose trainer is a stub; the blurflag-train calls it made."""
-    import shutil
-
     repo = tmp_path / "repo"
     if not repo.exists():
         shutil.copytree(REPO / "scripts", repo / "scripts")
@@ -90,8 +90,7 @@ def _run_with_stubs(tmp_path: Path, bf16: str, **overrides: str) -> list[str]:
             (tmp_path / "shared" / sub).mkdir(parents=True)
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2",
-                                                                 "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY")}
+    env = {k: v for k, v in os.environ.items() if k not in _KNOBS}
     env.update(STUB_LOG=str(log), STUB_BF16=bf16, **overrides)
     subprocess.run(["bash", "scripts/build_model.sh", str(tmp_path / "shared"), str(tmp_path / "work")], cwd=repo,
                    env=env, capture_output=True, text=True, timeout=120, check=True)
