@@ -81,6 +81,14 @@ if [ -n "$DOWNLOAD" ]; then
   exit 0
 fi
 
+# Enough room first: torch alone is several GB, and a disk that fills halfway through leaves only a failed install.
+# BLURFLAG_TRAINER_MIN_FREE_MB overrides the estimate (the venv takes about 5.6 GB on Linux, 1 GB on macOS).
+case "$(uname -s)" in Darwin) NEED_MB=2000 ;; *) NEED_MB=7000 ;; esac
+NEED_MB=${BLURFLAG_TRAINER_MIN_FREE_MB:-$NEED_MB}
+AT=$(dirname "$PREFIX"); while [ ! -d "$AT" ]; do AT=$(dirname "$AT"); done
+FREE_MB=$(df -Pk "$AT" | awk 'NR == 2 { print int($4 / 1024) }')
+[ "${FREE_MB:-0}" -ge "$NEED_MB" ] || die "needs about $NEED_MB MB free for $PREFIX; $AT has $FREE_MB MB (free some space or pass --prefix on a larger disk)"
+
 # Build beside the target and swap in only a verified environment: a failed or interrupted install never
 # replaces a working trainer, and the app never finds a half-installed one.
 PARTIAL="$PREFIX.partial"

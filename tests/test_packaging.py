@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -155,6 +156,19 @@ def test_install_trainer_help_and_refusals(tmp_path: Path) -> None:
     (keep / "photo.jpg").write_bytes(b"mine")
     subprocess.run(["bash", str(script), "--uninstall", "--prefix", str(keep)], check=True, capture_output=True)
     assert (keep / "photo.jpg").read_bytes() == b"mine"  # only a folder with pyvenv.cfg is ever removed
+
+
+def test_install_trainer_refuses_a_full_disk_before_touching_it(tmp_path: Path) -> None:
+    """Without room for torch the installer stops first, with a clear message, and creates nothing."""
+    script = ROOT / "scripts" / "install_trainer.sh"
+    prefix = tmp_path / "data" / "trainer"
+    env = {**os.environ, "BLURFLAG_TRAINER_MIN_FREE_MB": str(10**12)}  # more than any disk has
+    run = subprocess.run(["bash", str(script), "--prefix", str(prefix), "--python", sys.executable],
+                         capture_output=True, text=True, check=False, env=env)
+    assert run.returncode != 0
+    assert f"needs about {10**12} MB free for {prefix}" in run.stderr
+    assert f"{tmp_path} has " in run.stderr  # the nearest folder that exists is the one measured
+    assert not (tmp_path / "data").exists()
 
 
 def test_self_test_passes_with_the_bundled_model() -> None:
