@@ -14,6 +14,7 @@ Per image size, in one run, on all cores, it measures side by side:
 * naive: full-size decode, ``convert("RGB")``, resize with the model's filter, one ``session.run`` per image,
   in a thread pool of one thread per core;
 * floor: only the JPEG decoding that the shipped pipeline performs, at the scale it uses, one thread per core;
+* whole frame only: the shipped pipeline without the quadrant check (engine.tiles), to price that check;
 
 and prints images per second, the ratios shipped/naive and shipped/floor, the cores used, how late a 5 ms
 timer in a Python thread wakes up meanwhile (a stand-in for the GUI thread), where the CPU time of one image
@@ -527,19 +528,32 @@ def _running(pattern: str) -> bool:
     return bool(out.stdout.strip())
 
 
+def tile_share(whole_only: BlurClassifier, check: BlurClassifier, files: Sequence[Path]) -> float:
+    """Fraction of `files` whose whole frame calls for the quadrant check (engine.tiles)."""
+    rows = [np.array([r.probabilities[n] for n in whole_only.names]) for r in whole_only.classify_paths(files)]
+    return sum(check.wants_tiles(p) for p in rows) / max(1, len(rows))
+
+
 def measure_set(name: str, files: list[Path], classifier: BlurClassifier, workers: int, repeat: int,
-                naive_limit: int) -> dict[str, Any]:
-    """shipped / naive / floor passes over one set, best of `repeat` each, interleaved."""
+                naive_limit: int, whole_only: BlurClassifier | None = None) -> dict[str, Any]:
+    """shipped / naive / floor passes over one set, best of `repeat` each, interleaved.
+
+    With `whole_only` (the same model without the quadrant check), a fourth pass times the shipped pipeline
+    without it, side by side.
+    """
     spec = classifier.spec
     naive_files = files[:naive_limit] if naive_limit else files
     shipped: list[Timing] = []
     naive: list[Timing] = []
     floor: list[Timing] = []
+    whole: list[Timing] = []
     run_shipped(classifier, files[: min(16, len(files))])  # warm the session and the pool code
     for _ in range(repeat):
         floor.append(timed(lambda: run_pool(lambda f: floor_decode(f, spec), files, workers)))
         shipped.append(timed(lambda: run_shipped(classifier, files), stall=True))
         naive.append(timed(lambda: run_pool(lambda f: naive_one(f, classifier), naive_files, workers)))
+        if whole_only is not None:
+            whole.append(timed(lambda: run_shipped(whole_only, files)))
     best = {k: max(v, key=lambda t: t.ips) for k, v in (("shipped", shipped), ("naive", naive), ("floor", floor))}
     out: dict[str, Any] = {
         "images": len(files),
@@ -557,6 +571,12 @@ def measure_set(name: str, files: list[Path], classifier: BlurClassifier, worker
         "all_passes_ips": {k: [round(t.ips, 2) for t in v] for k, v in
                            (("shipped", shipped), ("naive", naive), ("floor", floor))},
     }
+    if whole_only is not None and classifier.tile_check is not None:
+        best_whole = max(whole, key=lambda t: t.ips)
+        out["whole_frame_only_ips"] = round(best_whole.ips, 2)
+        out["tile_check_cost"] = round(1 - best["shipped"].ips / best_whole.ips, 3)
+        out["tile_share"] = round(tile_share(whole_only, classifier, files), 3)
+        out["all_passes_ips"]["whole_frame_only"] = [round(t.ips, 2) for t in whole]
     with Image.open(files[0]) as im:
         w, h = im.size
         side = draft_side(spec, im.size)
@@ -573,6 +593,9 @@ def print_set(name: str, r: dict[str, Any]) -> None:
     print(f"  naive   {r['naive_ips']:7.1f} img/s  ({r['naive_cores_used']:.2f} cores busy, {r['naive_images']} images)")
     print(f"  floor   {r['floor_ips']:7.1f} img/s  ({r['floor_cores_used']:.2f} cores busy)")
     print(f"  shipped/naive {r['shipped_over_naive']:.2f}x   shipped/floor {r['shipped_over_floor']:.2f}")
+    if "whole_frame_only_ips" in r:
+        print(f"  without the quadrant check {r['whole_frame_only_ips']:7.1f} img/s: the check costs "
+              f"{r['tile_check_cost']:.1%} (it looks at the tiles of {r['tile_share']:.1%} of these images)")
     oth = r["other_processes_cores"]
     print(f"  other processes meanwhile: shipped {oth['shipped']}, naive {oth['naive']}, floor {oth['floor']} cores")
     st = r["timer_lateness_during_shipped"]
@@ -611,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.count, args.rss_count, args.repeat = 20, 200, 1
     cores = os.cpu_count() or 1
     classifier = load_classifier(args.model, EngineConfig(model_dir=args.model))
+    whole_only = load_classifier(args.model, EngineConfig(model_dir=args.model, tile_check=None))
     spec = classifier.spec
     model_dir = args.model or (ROOT / "models")
     report: dict[str, Any] = {
@@ -661,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for key, fs in files.items():
         naive_limit = args.naive_limit if key == "24mp" else 0
-        r = measure_set(key, fs, classifier, cores, args.repeat, naive_limit)
+        r = measure_set(key, fs, classifier, cores, args.repeat, naive_limit, whole_only)
         r["stages_ms_per_image"] = stage_breakdown(classifier, fs[: min(40, len(fs))])
         if not args.skip_rss:
             wall, rss = cli_run(["classify", "--json", str(fs[0].parent)])

@@ -6,7 +6,7 @@ import ast
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,9 @@ from PIL import Image
 
 from engine.errors import InvalidBlurTypeError, ModelLoadError, UnreadableImageError
 from engine.paths import default_model_dir
-from engine.preprocess import DEFAULT_MAX_PIXELS, InputSpec, load_model_input, parse_reducing_gap, preprocess
+from engine.preprocess import DEFAULT_MAX_PIXELS, InputSpec, open_image, parse_reducing_gap, preprocess
 from engine.results import Classification, ImageResult
+from engine.tiles import TileCheck
 
 #: The product's classes. Their *order* always comes from the model files; this only checks the set.
 SHARP = "sharp"
@@ -37,6 +38,7 @@ class EngineConfig:
     intra_op_threads: int = 0  # onnxruntime threads per inference call; 0 lets onnxruntime choose
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft_factor: float | None = None  # None: the model's default (see InputSpec)
+    tile_check: TileCheck | None = field(default_factory=TileCheck)  # None: the whole frame only (engine.tiles)
 
 
 @dataclass(frozen=True)
@@ -175,9 +177,10 @@ def _input_size(metadata: dict[str, str], shape: list[Any]) -> int:
 class BlurClassifier:
     """Owns one onnxruntime session; `predict` and `classify*` are safe to call from many threads."""
 
-    def __init__(self, info: ModelInfo, session: Any) -> None:
+    def __init__(self, info: ModelInfo, session: Any, tile_check: TileCheck | None = None) -> None:
         self.info = info
         self._session = session
+        self.tile_check = tile_check if tile_check is not None and tile_check.applies(info.spec) else None
         self._input_name: str = session.get_inputs()[0].name
         self._batch_fixed = isinstance(session.get_inputs()[0].shape[0], int)
 
@@ -212,6 +215,29 @@ class BlurClassifier:
             probs = _softmax(probs)  # a model exported without its final Softmax
         return probs
 
+    def wants_tiles(self, probs: np.ndarray) -> bool:
+        """Whether the whole frame's probabilities call for the quadrant check (engine.tiles)."""
+        return self.tile_check is not None and self.tile_check.wanted(probs, self.names)
+
+    def tile_inputs(self, image: Image.Image) -> np.ndarray:
+        """The quadrant check's model inputs for a decoded RGB image (only with a tile check)."""
+        if self.tile_check is None:
+            raise ValueError("this classifier has no tile check")
+        return self.tile_check.inputs(image, self.spec)
+
+    def fuse_tiles(self, whole: np.ndarray, tiles: np.ndarray) -> np.ndarray:
+        """The whole frame's probabilities with the quadrant check's evidence (only with a tile check)."""
+        if self.tile_check is None:
+            raise ValueError("this classifier has no tile check")
+        return self.tile_check.fuse(whole, self.predict(tiles), self.names)
+
+    def predict_image(self, image: Image.Image) -> np.ndarray:
+        """Probabilities for one decoded RGB image: the whole frame, then its quadrants where wanted."""
+        probs = self.predict(preprocess(image, self.spec)[None])[0]
+        if self.wants_tiles(probs):
+            probs = self.fuse_tiles(probs, self.tile_inputs(image))
+        return probs
+
     def result_from_probs(self, path: str, probs: np.ndarray, blur_type: str | None = None) -> ImageResult:
         """Wrap one probability row as an `ImageResult`."""
         return ImageResult(path, Classification.from_probabilities(self.names, probs), None, blur_type)
@@ -219,17 +245,16 @@ class BlurClassifier:
     def classify_image(self, image: Image.Image, blur_type: str | None = None, path: str = "") -> ImageResult:
         """Classify an RGB image already in memory."""
         self.check_blur_type(blur_type)
-        x = preprocess(image.convert("RGB"), self.spec)[None]
-        return self.result_from_probs(path, self.predict(x)[0], blur_type)
+        return self.result_from_probs(path, self.predict_image(image.convert("RGB")), blur_type)
 
     def classify(self, path: str | os.PathLike[str], blur_type: str | None = None) -> ImageResult:
         """Classify one file; an unreadable file gives a result with `error` set, never an exception."""
         self.check_blur_type(blur_type)
         try:
-            x = load_model_input(path, self.spec)[None]
+            image = open_image(path, self.spec)
         except UnreadableImageError as exc:
             return ImageResult(str(path), None, str(exc), blur_type)
-        return self.result_from_probs(str(path), self.predict(x)[0], blur_type)
+        return self.result_from_probs(str(path), self.predict_image(image), blur_type)
 
     def classify_paths(
         self,
@@ -254,4 +279,4 @@ def load_classifier(model_dir: str | os.PathLike[str] | None = None, config: Eng
     config = config or EngineConfig()
     directory = Path(model_dir) if model_dir is not None else (config.model_dir or default_model_dir())
     info, session = read_model_info(directory, config)
-    return BlurClassifier(info, session)
+    return BlurClassifier(info, session, config.tile_check)

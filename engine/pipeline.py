@@ -4,10 +4,16 @@ Decoding dominates: a 24 MP JPEG costs tens of milliseconds of entropy decoding 
 scale, the model a few. PIL releases the GIL while it decodes and resizes and onnxruntime while it runs,
 so decode threads and inference overlap on all cores (bench/README.md has the figures). Results come
 back in input order; at most ``window`` decoded model inputs are held, whatever the number of paths.
+
+The quadrant check (engine.tiles) needs the decoded frame again for the few images whose whole frame calls for
+it: rather than hold every decoded frame until its batch is inferred (up to 18 MB each), those files are decoded a
+second time on the same pool. If that second read fails (the file was moved meanwhile), the whole frame's answer
+stands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -17,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.errors import UnreadableImageError
-from engine.preprocess import load_model_input
+from engine.preprocess import load_model_input, open_image
 from engine.results import ImageResult
 
 if TYPE_CHECKING:
@@ -33,6 +39,13 @@ def _load(path: str, classifier: BlurClassifier) -> _Loaded:
         return str(exc)
     except Exception as exc:  # one file's unexpected failure must never stop the batch
         return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def _load_tiles(path: str, classifier: BlurClassifier) -> np.ndarray | None:
+    try:
+        return classifier.tile_inputs(open_image(path, classifier.spec))
+    except Exception:  # the whole frame's answer stands; the file was readable a moment ago
+        return None
 
 
 def default_workers() -> int:
@@ -97,7 +110,8 @@ def _run(
                 else:
                     batch[n] = x
                     n += 1
-            rows = iter(_predict(classifier, batch[:n]) if n else [])
+            rows = iter(_with_tiles(classifier, pool, [p for i, (p, _) in enumerate(items) if i not in errors],
+                                    _predict(classifier, batch[:n])) if n else [])
             for i, (p, _) in enumerate(items):
                 r = errors[i] if i in errors else next(rows)
                 if isinstance(r, str):
@@ -107,6 +121,23 @@ def _run(
     finally:
         # A consumer that stops early (break, Ctrl-C, closing the app) waits only for the decodes in flight.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _with_tiles(
+    classifier: BlurClassifier, pool: ThreadPoolExecutor, paths: list[str], rows: list[np.ndarray | str]
+) -> list[np.ndarray | str]:
+    """`rows` with the quadrant check applied where the whole frame calls for it (tiles decoded on the pool)."""
+    wanted = [i for i, r in enumerate(rows) if not isinstance(r, str) and classifier.wants_tiles(r)]
+    futures = [(i, pool.submit(_load_tiles, paths[i], classifier)) for i in wanted]
+    out = list(rows)
+    for i, future in futures:
+        tiles = future.result()
+        whole = out[i]
+        if tiles is None or isinstance(whole, str):
+            continue
+        with contextlib.suppress(Exception):  # an inference failure on the tiles leaves the whole frame's answer
+            out[i] = classifier.fuse_tiles(whole, tiles)
+    return out
 
 
 def _predict(classifier: BlurClassifier, batch: np.ndarray) -> list[np.ndarray | str]:

@@ -1,0 +1,179 @@
+"""The quadrant check: tiles cover the frame, the fusion only raises whole-frame blur, and both paths use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import EngineConfig, load_classifier, pipeline
+from engine.model import BlurClassifier, ModelInfo
+from engine.preprocess import InputSpec
+from engine.tiles import WHOLE_FRAME_BLURS, TileCheck
+from tests.toydata import scene
+
+NAMES = ("defocused_blurred", "defocused_object_portrait", "motion_blurred", "sharp")
+
+
+@pytest.mark.parametrize("size", [(7, 5), (2048, 1365), (1365, 2048), (225, 224)])
+@pytest.mark.parametrize("grid", [2, 3])
+def test_tiles_cover_the_frame_once(size: tuple[int, int], grid: int) -> None:
+    w, h = size
+    cover = np.zeros((h, w), dtype=np.int32)
+    boxes = TileCheck(grid=grid).boxes(size)
+    assert len(boxes) == grid * grid
+    for left, top, right, bottom in boxes:
+        assert right > left and bottom > top
+        cover[top:bottom, left:right] += 1
+    assert (cover == 1).all()
+
+
+def test_fusion_raises_a_whole_frame_blur_to_its_smallest_tile_probability() -> None:
+    whole = np.array([0.10, 0.05, 0.05, 0.80])
+    tiles = np.array([[0.9, 0.0, 0.0, 0.1], [0.95, 0.0, 0.0, 0.05], [0.92, 0.0, 0.0, 0.08], [0.97, 0.0, 0.0, 0.03]])
+    fused = TileCheck().fuse(whole, tiles, NAMES)
+    expected = np.array([0.90, 0.05, 0.05, 0.80]) / 1.80
+    np.testing.assert_allclose(fused, expected)
+    assert NAMES[int(fused.argmax())] == "defocused_blurred"
+
+
+def test_one_sharp_tile_keeps_the_whole_frame_answer() -> None:
+    whole = np.array([0.30, 0.02, 0.08, 0.60])
+    tiles = np.array([[0.99, 0, 0.01, 0], [0.99, 0, 0.01, 0], [0.99, 0, 0.01, 0], [0.01, 0, 0.01, 0.98]])
+    np.testing.assert_allclose(TileCheck().fuse(whole, tiles, NAMES), whole)
+
+
+def test_fusion_never_lowers_and_never_raises_sharp_or_subject_blur() -> None:
+    rng = np.random.default_rng(0)
+    check = TileCheck()
+    for _ in range(200):
+        whole = rng.dirichlet(np.ones(4))
+        tiles = rng.dirichlet(np.ones(4), size=4)
+        fused = check.fuse(whole, tiles, NAMES)
+        assert fused.sum() == pytest.approx(1.0)
+        scale = fused[NAMES.index("sharp")] / whole[NAMES.index("sharp")]
+        assert scale <= 1.0 + 1e-12  # renormalising only ever shrinks the untouched classes, alike
+        assert fused[1] / whole[1] == pytest.approx(scale)
+        for c in WHOLE_FRAME_BLURS:
+            k = NAMES.index(c)
+            assert fused[k] / scale == pytest.approx(max(whole[k], tiles[:, k].min()))
+
+
+@pytest.mark.parametrize(("db", "mb", "wanted"), [(0.049, 0.0, False), (0.05, 0.0, True), (0.0, 0.2, True),
+                                                   (0.01, 0.01, False)])
+def test_gate_looks_at_the_whole_frame_blurs_only(db: float, mb: float, wanted: bool) -> None:
+    probs = np.array([db, 0.9, mb, 0.1 - db - mb + 0.0])
+    assert TileCheck(gate=0.05).wanted(probs, NAMES) is wanted
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"grid": 1}, "grid"), ({"gate": 1.5}, "gate"),
+                                               ({"gate": -0.1}, "gate")])
+def test_bad_settings_are_refused(kwargs: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TileCheck(**kwargs)  # type: ignore[arg-type]
+
+
+def test_tile_inputs_are_made_like_the_whole_frame() -> None:
+    spec = InputSpec(size=32, resize="stretch")
+    img = scene(3, (120, 80))
+    x = TileCheck().inputs(img, spec)
+    assert x.shape == (4, 3, 32, 32) and x.dtype == np.float32
+    top_left = np.asarray(img.crop((0, 0, 60, 40)).resize((32, 32), spec.filter), dtype=np.float32) / 255
+    np.testing.assert_allclose(x[0], top_left.transpose(2, 0, 1), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def bundled() -> BlurClassifier:
+    return load_classifier()
+
+
+def test_only_whole_frame_models_get_the_check(bundled: BlurClassifier) -> None:
+    assert bundled.tile_check == TileCheck()  # the engine's default, for the bundled (stretch) model
+    info = bundled.info
+    cropped = ModelInfo(info.onnx_path, info.names, InputSpec(size=info.spec.size, resize="center_crop"), {})
+    assert BlurClassifier(cropped, bundled._session, TileCheck()).tile_check is None
+    assert load_classifier(config=EngineConfig(tile_check=None)).tile_check is None
+
+
+TILE_MARK = np.float32(0.123)
+
+
+class _Scripted(BlurClassifier):
+    """The bundled model's files with scripted outputs: whole frames get `whole`, tile batches `tiles`."""
+
+    def __init__(self, base: BlurClassifier, whole: list[float], tiles: list[list[float]]) -> None:
+        super().__init__(base.info, base._session, TileCheck())
+        self.whole, self.tiles = np.array(whole), np.array(tiles)
+        self.tile_batches = 0
+
+    def tile_inputs(self, image: Image.Image) -> np.ndarray:
+        return np.full((4, 3, self.spec.size, self.spec.size), TILE_MARK, dtype=np.float32)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if np.all(batch == TILE_MARK):
+            self.tile_batches += 1
+            return self.tiles
+        return np.tile(self.whole, (batch.shape[0], 1))
+
+
+def _files(tmp_path: Path, n: int) -> list[Path]:
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"f{i}.jpg"
+        scene(i, (160, 107)).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+UNIFORM_TILES = [[0.9, 0.0, 0.0, 0.1], [0.95, 0.0, 0.0, 0.05], [0.92, 0.0, 0.0, 0.08], [0.97, 0.0, 0.0, 0.03]]
+
+
+def test_single_check_and_pipeline_fuse_the_tiles_alike(bundled: BlurClassifier, tmp_path: Path) -> None:
+    clf = _Scripted(bundled, [0.10, 0.05, 0.05, 0.80], UNIFORM_TILES)
+    paths = _files(tmp_path, 5)
+    single = clf.classify(paths[0], "defocused_blurred")
+    assert single.top_class == "defocused_blurred" and single.detected
+    assert single.confidence == pytest.approx(0.5)
+    assert clf.tile_batches == 1
+    batch = list(pipeline.classify_paths(clf, paths, "defocused_blurred", workers=2, batch_size=3))
+    assert clf.tile_batches == 1 + 5
+    assert all(r.probabilities == pytest.approx(single.probabilities) for r in batch)
+
+
+def test_below_the_gate_no_tile_is_decoded_or_inferred(bundled: BlurClassifier, tmp_path: Path) -> None:
+    clf = _Scripted(bundled, [0.01, 0.01, 0.01, 0.97], UNIFORM_TILES)
+    results = list(pipeline.classify_paths(clf, _files(tmp_path, 4), workers=2, batch_size=2))
+    assert clf.tile_batches == 0
+    assert all(r.top_class == "sharp" and r.confidence == pytest.approx(0.97) for r in results)
+
+
+def test_a_file_gone_before_its_tiles_keeps_the_whole_frame_answer(
+    bundled: BlurClassifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clf = _Scripted(bundled, [0.10, 0.05, 0.05, 0.80], UNIFORM_TILES)
+    paths = _files(tmp_path, 3)
+
+    def vanished(path: str, spec: InputSpec) -> Image.Image:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(pipeline, "open_image", vanished)  # only the tiles' second read goes through it
+    results = list(pipeline.classify_paths(clf, paths, workers=2, batch_size=2))
+    assert [r.ok for r in results] == [True] * 3
+    assert all(r.top_class == "sharp" and r.confidence == pytest.approx(0.80) for r in results)
+    assert clf.tile_batches == 0
+
+
+def test_bundled_model_with_and_without_the_check(bundled: BlurClassifier, tmp_path: Path) -> None:
+    plain = load_classifier(config=EngineConfig(tile_check=None))
+    img = scene(0, (600, 400))  # a smooth toy scene: the whole frame gives defocus some probability
+    p = tmp_path / "scene.png"
+    img.save(p)
+    whole = np.array([plain.classify(p).probabilities[n] for n in bundled.names])
+    assert bundled.wants_tiles(whole)
+    assert bundled.tile_check is not None
+    expected = bundled.tile_check.fuse(whole, bundled.predict(bundled.tile_inputs(img)), bundled.names)
+    checked = bundled.classify(p).probabilities
+    assert [checked[n] for n in bundled.names] == pytest.approx(list(expected), abs=1e-5)
+    assert not np.allclose(expected, whole, atol=1e-3)  # the tiles did change this one
