@@ -15,7 +15,14 @@ from PIL import Image
 
 from engine.errors import InvalidBlurTypeError, ModelLoadError, UnreadableImageError
 from engine.paths import default_model_dir
-from engine.preprocess import DEFAULT_MAX_PIXELS, InputSpec, open_image, parse_reducing_gap, preprocess
+from engine.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    InputSpec,
+    load_model_input,
+    open_image,
+    parse_reducing_gap,
+    preprocess,
+)
 from engine.results import Classification, ImageResult
 from engine.tiles import TileCheck
 
@@ -225,6 +232,16 @@ class BlurClassifier:
             raise ValueError("this classifier has no tile check")
         return self.tile_check.inputs(image, self.spec)
 
+    def load_tile_inputs(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The quadrant check's model inputs for a file, decoded at the tiles' own scale (only with a tile check).
+
+        Raises:
+            UnreadableImageError: for a file that cannot be used (any more).
+        """
+        if self.tile_check is None:
+            raise ValueError("this classifier has no tile check")
+        return self.tile_inputs(open_image(path, self.tile_check.decode_spec(self.spec)))
+
     def fuse_tiles(self, whole: np.ndarray, tiles: np.ndarray) -> np.ndarray:
         """The whole frame's probabilities with the quadrant check's evidence (only with a tile check)."""
         if self.tile_check is None:
@@ -251,10 +268,16 @@ class BlurClassifier:
         """Classify one file; an unreadable file gives a result with `error` set, never an exception."""
         self.check_blur_type(blur_type)
         try:
-            image = open_image(path, self.spec)
+            x = load_model_input(path, self.spec)[None]
         except UnreadableImageError as exc:
             return ImageResult(str(path), None, str(exc), blur_type)
-        return self.result_from_probs(str(path), self.predict_image(image), blur_type)
+        probs = self.predict(x)[0]
+        if self.wants_tiles(probs):
+            try:
+                probs = self.fuse_tiles(probs, self.load_tile_inputs(path))
+            except UnreadableImageError:
+                pass  # gone since the first read: the whole frame's answer stands
+        return self.result_from_probs(str(path), probs, blur_type)
 
     def classify_paths(
         self,

@@ -3,17 +3,18 @@
 Decoding dominates: a 24 MP JPEG costs tens of milliseconds of entropy decoding even at libjpeg's 1/8
 scale, the model a few. PIL releases the GIL while it decodes and resizes and onnxruntime while it runs,
 so decode threads and inference overlap on all cores (bench/README.md has the figures). Results come
-back in input order; at most ``window`` decoded model inputs are held, whatever the number of paths.
+back in input order; at most ``window`` paths are in flight (decoding, or done and not yet yielded), whatever the
+number of paths.
 
-The quadrant check (engine.tiles) needs the decoded frame again for the few images whose whole frame calls for
-it: rather than hold every decoded frame until its batch is inferred (up to 18 MB each), those files are decoded a
-second time on the same pool. If that second read fails (the file was moved meanwhile), the whole frame's answer
-stands.
+The quadrant check (engine.tiles) needs the frame again for the few images whose whole frame calls for it: rather
+than hold every decoded frame until its batch is inferred (up to 18 MB each), those files are decoded a second
+time, at the tiles' own scale, by the decode threads, while the caller's thread goes on with the next batches;
+results still come back in input order. If that second read fails (the file was moved meanwhile), the whole
+frame's answer stands.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.errors import UnreadableImageError
-from engine.preprocess import load_model_input, open_image
+from engine.preprocess import load_model_input
 from engine.results import ImageResult
 
 if TYPE_CHECKING:
@@ -39,13 +40,6 @@ def _load(path: str, classifier: BlurClassifier) -> _Loaded:
         return str(exc)
     except Exception as exc:  # one file's unexpected failure must never stop the batch
         return f"unexpected error: {type(exc).__name__}: {exc}"
-
-
-def _load_tiles(path: str, classifier: BlurClassifier) -> np.ndarray | None:
-    try:
-        return classifier.tile_inputs(open_image(path, classifier.spec))
-    except Exception:  # the whole frame's answer stands; the file was readable a moment ago
-        return None
 
 
 def default_workers() -> int:
@@ -85,35 +79,45 @@ def _run(
 ) -> Iterator[ImageResult]:
     window = window_size(workers, batch_size)
     pending: deque[tuple[str, Future[_Loaded]]] = deque()
+    # Results in input order, not yet yielded: probabilities, an error message, or the quadrant check in flight.
+    ready: deque[tuple[str, np.ndarray | str | Future[np.ndarray]]] = deque()
     size = classifier.spec.size
     batch = np.empty((batch_size, 3, size, size), dtype=np.float32)  # reused: no allocation per batch
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blurflag-decode")
     try:
         exhausted = False
         while True:
-            while not exhausted and len(pending) < window:
+            while not exhausted and len(pending) + len(ready) < window:
                 try:
                     p = str(next(paths))
                 except StopIteration:
                     exhausted = True
                     break
                 pending.append((p, pool.submit(_load, p, classifier)))
-            if not pending:
+            if not pending and not ready:
                 return
-            items = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-            errors: dict[int, str] = {}
-            n = 0
-            for i, (_, future) in enumerate(items):
-                x = future.result()
-                if isinstance(x, str):
-                    errors[i] = x
-                else:
-                    batch[n] = x
-                    n += 1
-            rows = iter(_with_tiles(classifier, pool, [p for i, (p, _) in enumerate(items) if i not in errors],
-                                    _predict(classifier, batch[:n])) if n else [])
-            for i, (p, _) in enumerate(items):
-                r = errors[i] if i in errors else next(rows)
+            if pending:
+                items = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                errors: dict[int, str] = {}
+                n = 0
+                for i, (_, future) in enumerate(items):
+                    x = future.result()
+                    if isinstance(x, str):
+                        errors[i] = x
+                    else:
+                        batch[n] = x
+                        n += 1
+                rows = iter(_predict(classifier, batch[:n]) if n else [])
+                for i, (p, _) in enumerate(items):
+                    r = errors[i] if i in errors else next(rows)
+                    if not isinstance(r, str) and classifier.wants_tiles(r):
+                        ready.append((p, pool.submit(_with_tiles, classifier, p, r)))
+                    else:
+                        ready.append((p, r))
+            # Yield what is done; wait for a quadrant check in flight only once nothing else can go on meanwhile.
+            while ready and (not isinstance(ready[0][1], Future) or ready[0][1].done() or not pending):
+                p, r = ready.popleft()
+                r = r.result() if isinstance(r, Future) else r
                 if isinstance(r, str):
                     yield ImageResult(p, None, r, blur_type)
                 else:
@@ -123,21 +127,12 @@ def _run(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _with_tiles(
-    classifier: BlurClassifier, pool: ThreadPoolExecutor, paths: list[str], rows: list[np.ndarray | str]
-) -> list[np.ndarray | str]:
-    """`rows` with the quadrant check applied where the whole frame calls for it (tiles decoded on the pool)."""
-    wanted = [i for i, r in enumerate(rows) if not isinstance(r, str) and classifier.wants_tiles(r)]
-    futures = [(i, pool.submit(_load_tiles, paths[i], classifier)) for i in wanted]
-    out = list(rows)
-    for i, future in futures:
-        tiles = future.result()
-        whole = out[i]
-        if tiles is None or isinstance(whole, str):
-            continue
-        with contextlib.suppress(Exception):  # an inference failure on the tiles leaves the whole frame's answer
-            out[i] = classifier.fuse_tiles(whole, tiles)
-    return out
+def _with_tiles(classifier: BlurClassifier, path: str, whole: np.ndarray) -> np.ndarray:
+    """The quadrant check on a decode thread: `whole` with the tiles' evidence, or `whole` if that fails."""
+    try:
+        return classifier.fuse_tiles(whole, classifier.load_tile_inputs(path))
+    except Exception:  # the file gone or changed since its first read, an inference error on the tiles
+        return whole
 
 
 def _predict(classifier: BlurClassifier, batch: np.ndarray) -> list[np.ndarray | str]:

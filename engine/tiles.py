@@ -7,17 +7,19 @@ quadrant, while a sharp runner, a sharp background or a sharp overlay keeps at l
 evidence a quadrant view adds is the *smallest* probability of a whole-frame blur over the quadrants: it raises
 that class where all of them agree, and never touches `sharp` or `defocused_object_portrait` (that one needs the
 whole frame: which part is soft). Measured on the shipped model's validation and test images (models/MODEL_CARD.md,
-"Quadrant check"): visible blur found 425 instead of 413 of 485 on validation and 123 instead of 119 of 139 on
+"Quadrant check"): visible blur found 424 instead of 413 of 485 on validation and 123 instead of 119 of 139 on
 test, with the same sharp images flagged (4 of 179, 5 of 222, no held-out race photo).
 
 The quadrants cost four more inferences and a second decode, so they are only looked at when the whole frame
-already gives a whole-frame blur some probability (`gate`): about 6 % of the shared race photos, and every image
-the whole frame calls blurred.
+already gives a whole-frame blur some probability (`gate`): 2 % of the 350 shared race photos, and every image
+the whole frame calls blurred. That second decode keeps each tile's short side at least `min_tile_side` times the
+input size (a 2048-px export at half scale, a 24 MP original at a quarter), as in the validation images the check
+was chosen on (1,024-px frames: tiles of 512 x 341 px).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -34,18 +36,28 @@ class TileCheck:
 
     Args:
         grid: tiles per side (2: the four quadrants).
+        min_tile_side: a tile's short side, as a multiple of the input size, that the second decode keeps.
         gate: the whole-frame probability of `defocused_blurred` or `motion_blurred` from which the tiles are
-            looked at (chosen on validation: 0.05 keeps 424 of the 425 visible blurs that tiles everywhere find).
+            looked at (chosen on validation: the cheapest gate that keeps what 0.05 finds, 424 visible blurs of 485
+            against 425 with tiles everywhere; 0.2 finds 422).
     """
 
     grid: int = 2
-    gate: float = 0.05
+    gate: float = 0.1
+    min_tile_side: float = 1.5
 
     def __post_init__(self) -> None:
         if self.grid < 2:
             raise ValueError(f"grid must be at least 2, got {self.grid}")
         if not 0.0 <= self.gate <= 1.0:
             raise ValueError(f"gate must be a probability, got {self.gate}")
+        if not self.min_tile_side >= 1.0:
+            raise ValueError(f"min_tile_side must be at least 1, got {self.min_tile_side}")
+
+    def decode_spec(self, spec: InputSpec) -> InputSpec:
+        """How a file is decoded for its tiles: JPEG draft scale down to tiles of `min_tile_side` x the input."""
+        factor = self.grid * self.min_tile_side
+        return replace(spec, draft_factor=factor, original_draft_factor=factor)
 
     def applies(self, spec: InputSpec) -> bool:
         """Only for whole-frame (stretch) models: a centre-cropping model never sees the frame's edges."""

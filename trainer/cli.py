@@ -212,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="the split to evaluate (default val); 'triplets': DATASET is the shared data folder and the "
                          "nine photos of its three real Kwentar triplets are evaluated")
     sp.add_argument("--json", type=Path, help="write the full report as JSON here")
+    sp.add_argument("--whole-frame", action="store_true",
+                    help="without the engine's quadrant check for whole-frame blur: the network's whole-frame "
+                         "verdict alone (to compare with earlier reports)")
 
     sp = sub.add_parser("run", help="prepare -> train -> export -> evaluate")
     sp.add_argument("source", type=Path)
@@ -425,9 +428,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 samples = triplet_samples(args.dataset)
                 if not samples:
                     raise FileNotFoundError(f"no real triplets under {args.dataset / 'kwentar' / 'real_triplets'}")
-                ev = evaluate_samples(args.model_dir, samples)
+                ev = evaluate_samples(args.model_dir, samples, args.whole_frame)
             else:
-                ev = evaluate(args.model_dir, args.dataset, args.split)
+                ev = evaluate(args.model_dir, args.dataset, args.split, args.whole_frame)
             if args.json:  # before printing, so a reader that stops early (`| head`) does not lose it
                 write_report(ev, args.json)
             print(format_report(ev))

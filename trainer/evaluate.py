@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.model import SHARP, load_classifier
+from engine.model import SHARP, EngineConfig, load_classifier
 from engine.preprocess import is_image_path
 from trainer.dataset import MANIFEST, PLAN_FOLDERS, read_manifest
 
@@ -96,9 +96,13 @@ def _strength_bin(kind: str, s: float) -> str:
     return "?"
 
 
-def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample]) -> EvalReport:
-    """Run the engine over labelled samples and compute the report."""
-    classifier = load_classifier(model_dir)
+def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample], whole_frame: bool = False) -> EvalReport:
+    """Run the engine over labelled samples and compute the report.
+
+    Args:
+        whole_frame: without the engine's quadrant check (engine.tiles): the network's whole-frame verdict alone.
+    """
+    classifier = load_classifier(model_dir, EngineConfig(tile_check=None) if whole_frame else None)
     names = list(classifier.names)
     index = {n: i for i, n in enumerate(names)}
     confusion = [[0] * len(names) for _ in names]
@@ -141,12 +145,12 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample]) -> EvalR
     )
 
 
-def evaluate(model_dir: Path | None, dataset_dir: Path, split: str = "val") -> EvalReport:
+def evaluate(model_dir: Path | None, dataset_dir: Path, split: str = "val", whole_frame: bool = False) -> EvalReport:
     """`blurflag-train evaluate`: the engine's verdicts on one split of a prepared (or class-folder) dataset."""
     samples = collect_samples(dataset_dir, split)
     if not samples:
         raise ValueError(f"no labelled images for split {split!r} in {dataset_dir}")
-    return evaluate_samples(model_dir, samples)
+    return evaluate_samples(model_dir, samples, whole_frame)
 
 
 def _pct(i: Interval) -> str:

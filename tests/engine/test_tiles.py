@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import EngineConfig, load_classifier, pipeline
+import engine.model
+from engine import EngineConfig, UnreadableImageError, load_classifier, pipeline
 from engine.model import BlurClassifier, ModelInfo
 from engine.preprocess import InputSpec
 from engine.tiles import WHOLE_FRAME_BLURS, TileCheck
@@ -156,11 +157,11 @@ def test_a_file_gone_before_its_tiles_keeps_the_whole_frame_answer(
     paths = _files(tmp_path, 3)
 
     def vanished(path: str, spec: InputSpec) -> Image.Image:
-        raise FileNotFoundError(path)
+        raise UnreadableImageError("file not found")
 
-    monkeypatch.setattr(pipeline, "open_image", vanished)  # only the tiles' second read goes through it
-    results = list(pipeline.classify_paths(clf, paths, workers=2, batch_size=2))
-    assert [r.ok for r in results] == [True] * 3
+    monkeypatch.setattr(engine.model, "open_image", vanished)  # only the tiles' second read goes through it
+    results = [*pipeline.classify_paths(clf, paths, workers=2, batch_size=2), clf.classify(paths[0])]
+    assert [r.ok for r in results] == [True] * 4
     assert all(r.top_class == "sharp" and r.confidence == pytest.approx(0.80) for r in results)
     assert clf.tile_batches == 0
 
@@ -177,3 +178,19 @@ def test_bundled_model_with_and_without_the_check(bundled: BlurClassifier, tmp_p
     checked = bundled.classify(p).probabilities
     assert [checked[n] for n in bundled.names] == pytest.approx(list(expected), abs=1e-5)
     assert not np.allclose(expected, whole, atol=1e-3)  # the tiles did change this one
+
+
+@pytest.mark.parametrize(("size", "tiles_from", "whole_from"), [
+    ((2048, 1365), (1024, 683), (2048, 1365)),  # an export: tiles at half scale (512 x 341 px each), whole in full
+    ((6000, 4000), (1500, 1000), (750, 500)),  # a camera original: tiles at 1/4, the whole frame at 1/8
+    ((800, 533), (800, 533), (800, 533)),  # small: never reduced
+])
+def test_tiles_decode_at_their_own_scale(tmp_path: Path, size: tuple[int, int], tiles_from: tuple[int, int],
+                                         whole_from: tuple[int, int]) -> None:
+    from engine.preprocess import open_image
+
+    p = tmp_path / "frame.jpg"
+    Image.new("RGB", size, (120, 130, 140)).save(p, quality=90)
+    spec = InputSpec(size=224, resize="stretch")
+    assert open_image(p, TileCheck().decode_spec(spec)).size == tiles_from
+    assert open_image(p, spec).size == whole_from

@@ -267,3 +267,29 @@ def test_evaluate_triplets_reads_the_shared_triplets_by_their_suffix(tmp_path: P
     capsys.readouterr()
     assert train_main(["evaluate", models, str(tmp_path / "nothing"), "--split", "triplets"]) == 1
     assert "no real triplets" in capsys.readouterr().err
+
+
+def test_evaluate_whole_frame_reports_the_network_without_the_quadrant_check(tmp_path: Path, capsys) -> None:
+    import json
+
+    from engine import EngineConfig, load_classifier
+    from tests.toydata import scene
+
+    shared = tmp_path / "shared"
+    folder = shared / "kwentar" / "real_triplets"
+    folder.mkdir(parents=True)
+    for suffix in ("S", "F", "M"):
+        scene(0, (600, 400)).save(folder / f"2_CAM_{suffix}.jpg", quality=95)  # a smooth scene: the quadrants are looked at
+    models = Path(__file__).resolve().parents[2] / "models"
+    reports = {}
+    for name, extra in (("checked", []), ("whole", ["--whole-frame"])):
+        out = tmp_path / f"{name}.json"
+        assert train_main(["evaluate", str(models), str(shared), "--split", "triplets", "--json", str(out), *extra]) == 0
+        reports[name] = {Path(p["path"]).name: p["probabilities"] for p in json.loads(out.read_text())["predictions"]}
+    capsys.readouterr()
+    for name, config in (("checked", None), ("whole", EngineConfig(tile_check=None))):
+        engine = load_classifier(models, config)
+        for file, probs in reports[name].items():
+            assert probs == pytest.approx(engine.classify(folder / file).probabilities, abs=1e-6)
+    a, b = (np.array(list(reports[k]["2_CAM_S.jpg"].values())) for k in ("checked", "whole"))
+    assert not np.allclose(a, b, atol=1e-3)
