@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.model import load_classifier
+from engine.model import EngineConfig, load_classifier
 from engine.preprocess import load_model_input
 from tests.toydata import scene
 
@@ -89,8 +89,9 @@ def test_ensemble_gives_the_members_combined_probabilities(members, photos, tmp_
     meta = json.loads(ens.info.metadata[ENSEMBLE_METADATA_KEY])
     assert meta["combine"] == combine and len(meta["members"]) == 2
     assert all(len(m["sha256"]) == 64 for m in meta["members"])
-    # a full classification through the engine's public path, as the app makes it
-    result = ens.classify(photos[0], "motion_blurred")
+    # a full classification through the engine's public path, as the app makes it (the whole frame only: the
+    # quadrant check on top is engine.tiles', tested in tests/engine/test_tiles.py)
+    result = load_classifier(tmp_path / "ens", EngineConfig(tile_check=None)).classify(photos[0], "motion_blurred")
     assert result.ok and result.blur_type_probability == pytest.approx(pe[0][ens.names.index("motion_blurred")],
                                                                        abs=1e-5)
 
