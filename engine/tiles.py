@@ -1,20 +1,23 @@
-"""A second look at the frame's quadrants, for blur that covers the whole frame.
+"""A second look at the frame's quadrants and centre, for blur that covers the whole frame.
 
 The model sees the whole frame at its input size (224 px), where defocus of 8-10 px or a shake of 24-30 px at a
 2048-px long side is only one or two input pixels wide. Each quadrant of the frame, stretched to the same input
 size, shows that blur twice as large. A blur of the whole frame (`defocused_blurred`, `motion_blurred`) is in every
-quadrant, while a sharp runner, a sharp background or a sharp overlay keeps at least one quadrant sharp. So the
-evidence a quadrant view adds is the *smallest* probability of a whole-frame blur over the quadrants: it raises
-that class where all of them agree, and never touches `sharp` or `defocused_object_portrait` (that one needs the
-whole frame: which part is soft). Measured on the shipped model's validation and test images (models/MODEL_CARD.md,
-"Quadrant check"): visible blur found 424 instead of 413 of 485 on validation and 123 instead of 119 of 139 on
-test, with the same sharp images flagged (4 of 179, 5 of 222, no held-out race photo).
+quadrant, while a sharp runner, a sharp background or a sharp overlay keeps at least one view sharp. The runner is
+often in the middle of the frame, where the quadrants cut them in four (a panning shot then looks streaked in every
+quadrant), so the centre half of the frame, at the same scale, is a fifth view. The evidence these views add is
+the *smallest* probability of a whole-frame blur over them: it raises that class where all of them agree, and never
+touches `sharp` or `defocused_object_portrait` (that one needs the whole frame: which part is soft). Measured on the
+shipped model's validation and test images (models/MODEL_CARD.md, "Quadrant check"): visible blur found 424
+instead of 413 of 485 on validation and 123 instead of 119 of 139 on test, with the same sharp images flagged (4 of
+179, 5 of 222, no held-out race photo); on a second synthesis of the validation photos 357 instead of 350 of 412,
+again with the same sharp images flagged (without the centre view, one more: a panning shot).
 
-The quadrants cost four more inferences and a second decode, so they are only looked at when the whole frame
-already gives a whole-frame blur some probability (`gate`): 2 % of the 350 shared race photos, and every image
-the whole frame calls blurred. That second decode keeps each tile's short side at least `min_tile_side` times the
-input size (a 2048-px export at half scale, a 24 MP original at a quarter), as in the validation images the check
-was chosen on (1,024-px frames: tiles of 512 x 341 px).
+The views cost five more inferences and a second decode, so they are only looked at when the whole frame already
+gives a whole-frame blur some probability (`gate`): 2 % of the 350 shared race photos, and every image the whole
+frame calls blurred. That second decode keeps each view's short side at least `min_tile_side` times the input size
+(a 2048-px export at half scale, a 24 MP original at a quarter), as in the validation images the check was chosen
+on (1,024-px frames: views of 512 x 341 px).
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ WHOLE_FRAME_BLURS: tuple[str, ...] = ("defocused_blurred", "motion_blurred")
 
 @dataclass(frozen=True)
 class TileCheck:
-    """When and how the quadrants of a frame are classified too.
+    """When and how the tiles of a frame (its quadrants and its centre) are classified too.
 
     Args:
-        grid: tiles per side (2: the four quadrants).
+        grid: tiles per side (2: the four quadrants); the centre view has a tile's size.
         min_tile_side: a tile's short side, as a multiple of the input size, that the second decode keeps.
         gate: the whole-frame probability of `defocused_blurred` or `motion_blurred` from which the tiles are
             looked at (chosen on validation: the cheapest gate that keeps what 0.05 finds, 424 visible blurs of 485
@@ -68,17 +71,20 @@ class TileCheck:
         return max(float(probs[names.index(c)]) for c in WHOLE_FRAME_BLURS) >= self.gate
 
     def boxes(self, size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-        """The tiles of a `size` (width, height) frame, row by row."""
+        """The tiles of a `size` (width, height) frame, row by row, then the centre view of a tile's size."""
         w, h = size
         g = self.grid
-        return [(i * w // g, j * h // g, (i + 1) * w // g, (j + 1) * h // g) for j in range(g) for i in range(g)]
+        tiles = [(i * w // g, j * h // g, (i + 1) * w // g, (j + 1) * h // g) for j in range(g) for i in range(g)]
+        tw, th = w // g, h // g
+        left, top = (w - tw) // 2, (h - th) // 2
+        return [*tiles, (left, top, left + tw, top + th)]
 
     def inputs(self, image: Image.Image, spec: InputSpec) -> np.ndarray:
-        """The tiles of a decoded RGB image as a batch of model inputs, each made like the whole frame's."""
+        """The tiles (and centre view) of a decoded RGB image as a batch of model inputs, made like the whole frame's."""
         return np.stack([to_tensor(to_model_image(image.crop(box), spec)) for box in self.boxes(image.size)])
 
     def fuse(self, whole: np.ndarray, tiles: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-        """The whole frame's probabilities, each whole-frame blur raised to its smallest tile probability."""
+        """The whole frame's probabilities, each whole-frame blur raised to its smallest probability over the tiles."""
         out = np.array(whole, dtype=np.float64)
         for c in WHOLE_FRAME_BLURS:
             k = names.index(c)

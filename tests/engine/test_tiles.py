@@ -20,15 +20,18 @@ NAMES = ("defocused_blurred", "defocused_object_portrait", "motion_blurred", "sh
 
 @pytest.mark.parametrize("size", [(7, 5), (2048, 1365), (1365, 2048), (225, 224)])
 @pytest.mark.parametrize("grid", [2, 3])
-def test_tiles_cover_the_frame_once(size: tuple[int, int], grid: int) -> None:
+def test_tiles_cover_the_frame_once_and_the_centre_view_is_one_more(size: tuple[int, int], grid: int) -> None:
     w, h = size
     cover = np.zeros((h, w), dtype=np.int32)
     boxes = TileCheck(grid=grid).boxes(size)
-    assert len(boxes) == grid * grid
-    for left, top, right, bottom in boxes:
+    assert len(boxes) == grid * grid + 1
+    for left, top, right, bottom in boxes[:-1]:
         assert right > left and bottom > top
         cover[top:bottom, left:right] += 1
     assert (cover == 1).all()
+    left, top, right, bottom = boxes[-1]
+    assert (right - left, bottom - top) == (w // grid, h // grid)
+    assert abs(left - (w - right)) <= 1 and abs(top - (h - bottom)) <= 1  # centred
 
 
 def test_fusion_raises_a_whole_frame_blur_to_its_smallest_tile_probability() -> None:
@@ -40,10 +43,12 @@ def test_fusion_raises_a_whole_frame_blur_to_its_smallest_tile_probability() -> 
     assert NAMES[int(fused.argmax())] == "defocused_blurred"
 
 
-def test_one_sharp_tile_keeps_the_whole_frame_answer() -> None:
+def test_one_sharp_view_keeps_the_whole_frame_answer() -> None:
     whole = np.array([0.30, 0.02, 0.08, 0.60])
-    tiles = np.array([[0.99, 0, 0.01, 0], [0.99, 0, 0.01, 0], [0.99, 0, 0.01, 0], [0.01, 0, 0.01, 0.98]])
-    np.testing.assert_allclose(TileCheck().fuse(whole, tiles, NAMES), whole)
+    blurred, sharp = [0.99, 0, 0.01, 0], [0.01, 0, 0.01, 0.98]
+    for k in range(5):  # a sharp runner in one quadrant, or in the centre that the quadrants cut in four
+        tiles = np.array([sharp if i == k else blurred for i in range(5)])
+        np.testing.assert_allclose(TileCheck().fuse(whole, tiles, NAMES), whole)
 
 
 def test_fusion_never_lowers_and_never_raises_sharp_or_subject_blur() -> None:
@@ -80,9 +85,11 @@ def test_tile_inputs_are_made_like_the_whole_frame() -> None:
     spec = InputSpec(size=32, resize="stretch")
     img = scene(3, (120, 80))
     x = TileCheck().inputs(img, spec)
-    assert x.shape == (4, 3, 32, 32) and x.dtype == np.float32
+    assert x.shape == (5, 3, 32, 32) and x.dtype == np.float32
     top_left = np.asarray(img.crop((0, 0, 60, 40)).resize((32, 32), spec.filter), dtype=np.float32) / 255
     np.testing.assert_allclose(x[0], top_left.transpose(2, 0, 1), atol=1e-6)
+    centre = np.asarray(img.crop((30, 20, 90, 60)).resize((32, 32), spec.filter), dtype=np.float32) / 255
+    np.testing.assert_allclose(x[4], centre.transpose(2, 0, 1), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +117,7 @@ class _Scripted(BlurClassifier):
         self.tile_batches = 0
 
     def tile_inputs(self, image: Image.Image) -> np.ndarray:
-        return np.full((4, 3, self.spec.size, self.spec.size), TILE_MARK, dtype=np.float32)
+        return np.full((len(self.tiles), 3, self.spec.size, self.spec.size), TILE_MARK, dtype=np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if np.all(batch == TILE_MARK):
@@ -128,7 +135,8 @@ def _files(tmp_path: Path, n: int) -> list[Path]:
     return paths
 
 
-UNIFORM_TILES = [[0.9, 0.0, 0.0, 0.1], [0.95, 0.0, 0.0, 0.05], [0.92, 0.0, 0.0, 0.08], [0.97, 0.0, 0.0, 0.03]]
+UNIFORM_TILES = [[0.9, 0.0, 0.0, 0.1], [0.95, 0.0, 0.0, 0.05], [0.92, 0.0, 0.0, 0.08], [0.97, 0.0, 0.0, 0.03],
+                 [0.93, 0.0, 0.0, 0.07]]
 
 
 def test_single_check_and_pipeline_fuse_the_tiles_alike(bundled: BlurClassifier, tmp_path: Path) -> None:
