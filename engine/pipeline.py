@@ -116,12 +116,12 @@ def _run(
                         ready.append((p, r))
             # Yield what is done; wait for a quadrant check in flight only once nothing else can go on meanwhile.
             while ready and (not isinstance(ready[0][1], Future) or ready[0][1].done() or not pending):
-                p, r = ready.popleft()
-                r = r.result() if isinstance(r, Future) else r
-                if isinstance(r, str):
-                    yield ImageResult(p, None, r, blur_type)
+                p, entry = ready.popleft()
+                done = entry.result() if isinstance(entry, Future) else entry
+                if isinstance(done, str):
+                    yield ImageResult(p, None, done, blur_type)
                 else:
-                    yield classifier.result_from_probs(p, r, blur_type)
+                    yield classifier.result_from_probs(p, done, blur_type)
     finally:
         # A consumer that stops early (break, Ctrl-C, closing the app) waits only for the decodes in flight.
         pool.shutdown(wait=True, cancel_futures=True)
