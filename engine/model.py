@@ -222,6 +222,11 @@ class BlurClassifier:
             probs = _softmax(probs)  # a model exported without its final Softmax
         return probs
 
+    @property
+    def decision_rule(self) -> str:
+        """How probabilities become verdicts beyond the network: results made under another rule are stale."""
+        return self.tile_check.describe() if self.tile_check is not None else "whole frame"
+
     def wants_tiles(self, probs: np.ndarray) -> bool:
         """Whether the whole frame's probabilities call for the quadrant check (engine.tiles)."""
         return self.tile_check is not None and self.tile_check.wanted(probs, self.names)

@@ -91,8 +91,9 @@ class ResultStore:
 
         Args:
             db_path: the SQLite file; its folder is created if needed.
-            model_id: identifies the model (see `model_fingerprint`); when it differs from the one the
-                stored results came from, those results are dropped (overrides are kept).
+            model_id: identifies the model and how the engine decides with it (the app uses `model_fingerprint`
+                and the classifier's `decision_rule`); when it differs from the one the stored results came from,
+                those results are dropped (overrides are kept).
 
         Raises:
             StoreError: the file belongs to a newer BlurFlag version.

@@ -62,6 +62,11 @@ class TileCheck:
         factor = self.grid * self.min_tile_side
         return replace(spec, draft_factor=factor, original_draft_factor=factor)
 
+    def describe(self) -> str:
+        """The check as one line, to tell results made under another rule apart (engine.store)."""
+        return (f"quadrant check: {self.grid}x{self.grid} tiles and the centre, smallest probability of "
+                f"{'/'.join(WHOLE_FRAME_BLURS)}, gate {self.gate:g}, tile side >= {self.min_tile_side:g} x input")
+
     def applies(self, spec: InputSpec) -> bool:
         """Only for whole-frame (stretch) models: a centre-cropping model never sees the frame's edges."""
         return spec.resize == "stretch"

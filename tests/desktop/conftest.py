@@ -104,6 +104,7 @@ class FakeClassifier:
 
     names = ("sharp", "defocused_object_portrait", "defocused_blurred", "motion_blurred")
     blur_types = ("defocused_object_portrait", "defocused_blurred", "motion_blurred")
+    decision_rule = "the file name's prefix"
     _PREFIX: ClassVar[dict[str, str]] = {"motion": "motion_blurred", "defocus": "defocused_blurred", "subject": "defocused_object_portrait"}
 
     def __init__(self, model_dir: Path) -> None:

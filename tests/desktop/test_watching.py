@@ -203,3 +203,28 @@ def test_polling_and_subfolders(qtbot, make_window, tmp_path: Path) -> None:
     assert window.bridge._watcher.wait_idle(10.0)
     assert sorted(Path(r.path).name for r in window.model.rows()) == ["a.jpg", "b.jpg"]
     assert window.settings.get(S.USE_POLLING) and window.settings.get(S.RECURSIVE)
+
+
+def test_results_of_an_older_decision_rule_are_dropped_and_overrides_kept(
+    make_window, settings: S.Settings, tmp_path: Path
+) -> None:
+    """An engine that decides differently with the same model files (the quadrant check) re-classifies."""
+    import numpy as np
+
+    from desktop.main_window import model_id, verdict_id
+    from engine.store import ResultStore
+
+    first = make_window()
+    classifier = first.classifier
+    first.close()
+    assert verdict_id(classifier) != model_id(classifier) and classifier.decision_rule in verdict_id(classifier)
+    db = settings.data_dir / "results" / f"{model_id(classifier)}.sqlite3"
+    photo = _real(write_jpeg(tmp_path / "IMG_1.jpg", 1))
+    # What an earlier BlurFlag stored: results keyed by the model's files alone, and the user's correction.
+    with ResultStore(db, model_id=model_id(classifier)) as store:
+        store.put(classifier.result_from_probs(photo, np.array([0.0, 0.0, 0.0, 1.0])), 1, 1)
+        store.set_override(photo, "motion_blurred")
+    second = make_window()
+    assert second.store is not None and second.store.path == db
+    assert second.store.get(photo, 1, 1) is None
+    assert second.store.overrides() == {photo: "motion_blurred"}

@@ -202,3 +202,11 @@ def test_tiles_decode_at_their_own_scale(tmp_path: Path, size: tuple[int, int], 
     spec = InputSpec(size=224, resize="stretch")
     assert open_image(p, TileCheck().decode_spec(spec)).size == tiles_from
     assert open_image(p, spec).size == whole_from
+
+
+def test_the_decision_rule_names_the_check_and_its_settings(bundled: BlurClassifier) -> None:
+    plain = load_classifier(config=EngineConfig(tile_check=None))
+    stricter = load_classifier(config=EngineConfig(tile_check=TileCheck(gate=0.2)))
+    rules = {bundled.decision_rule, plain.decision_rule, stricter.decision_rule}
+    assert len(rules) == 3
+    assert plain.decision_rule == "whole frame" and "gate 0.1" in bundled.decision_rule
