@@ -78,13 +78,13 @@ def model_id(classifier: BlurClassifier) -> str:
     return model_fingerprint(classifier.info.onnx_path.parent)
 
 
-def verdict_id(classifier: BlurClassifier) -> str:
-    """The model's files and the engine's decision rule: stored results made under another rule are stale.
+def verdict_id(mid: str, classifier: BlurClassifier) -> str:
+    """The model's files (`mid`, from `model_id`) and the engine's decision rule: results of another rule are stale.
 
     An engine that decides differently with the same model (e.g. the quadrant check of engine.tiles) opens the same
     result file, drops the old verdicts and keeps the user's overrides.
     """
-    return f"{model_id(classifier)} {classifier.decision_rule}"
+    return f"{mid} {classifier.decision_rule}"
 
 
 class MainWindow(QMainWindow):
@@ -187,7 +187,7 @@ class MainWindow(QMainWindow):
         mid = model_id(classifier)
         try:
             path = self.settings.data_dir / "results" / f"{mid}.sqlite3"
-            return ResultStore(path, model_id=verdict_id(classifier))
+            return ResultStore(path, model_id=verdict_id(mid, classifier))
         except Exception as exc:  # a locked or newer database must not keep the app from classifying  # noqa: BLE001
             self._model_error = f"results will not be kept: {exc}"
             return None

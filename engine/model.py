@@ -253,6 +253,19 @@ class BlurClassifier:
             raise ValueError("this classifier has no tile check")
         return self.tile_check.fuse(whole, self.predict(tiles), self.names)
 
+    def check_tiles(self, path: str | os.PathLike[str], whole: np.ndarray) -> np.ndarray:
+        """`whole` (a file's whole-frame probabilities) with the quadrant check applied where it calls for it.
+
+        The file is read again at the tiles' own scale; if that fails (the file gone or changed since its first read)
+        or the tiles cannot be inferred, the whole frame's answer stands.
+        """
+        if not self.wants_tiles(whole):
+            return whole
+        try:
+            return self.fuse_tiles(whole, self.load_tile_inputs(path))
+        except Exception:  # noqa: BLE001 - a refinement: never worse than the whole frame's answer
+            return whole
+
     def predict_image(self, image: Image.Image) -> np.ndarray:
         """Probabilities for one decoded RGB image: the whole frame, then its quadrants where wanted."""
         probs = self.predict(preprocess(image, self.spec)[None])[0]
@@ -276,13 +289,7 @@ class BlurClassifier:
             x = load_model_input(path, self.spec)[None]
         except UnreadableImageError as exc:
             return ImageResult(str(path), None, str(exc), blur_type)
-        probs = self.predict(x)[0]
-        if self.wants_tiles(probs):
-            try:
-                probs = self.fuse_tiles(probs, self.load_tile_inputs(path))
-            except UnreadableImageError:
-                pass  # gone since the first read: the whole frame's answer stands
-        return self.result_from_probs(str(path), probs, blur_type)
+        return self.result_from_probs(str(path), self.check_tiles(path, self.predict(x)[0]), blur_type)
 
     def classify_paths(
         self,

@@ -111,7 +111,7 @@ def _run(
                 for i, (p, _) in enumerate(items):
                     r = errors[i] if i in errors else next(rows)
                     if not isinstance(r, str) and classifier.wants_tiles(r):
-                        ready.append((p, pool.submit(_with_tiles, classifier, p, r)))
+                        ready.append((p, pool.submit(classifier.check_tiles, p, r)))
                     else:
                         ready.append((p, r))
             # Yield what is done; wait for a quadrant check in flight only once nothing else can go on meanwhile.
@@ -125,14 +125,6 @@ def _run(
     finally:
         # A consumer that stops early (break, Ctrl-C, closing the app) waits only for the decodes in flight.
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _with_tiles(classifier: BlurClassifier, path: str, whole: np.ndarray) -> np.ndarray:
-    """The quadrant check on a decode thread: `whole` with the tiles' evidence, or `whole` if that fails."""
-    try:
-        return classifier.fuse_tiles(whole, classifier.load_tile_inputs(path))
-    except Exception:  # the file gone or changed since its first read, an inference error on the tiles
-        return whole
 
 
 def _predict(classifier: BlurClassifier, batch: np.ndarray) -> list[np.ndarray | str]:

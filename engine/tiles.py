@@ -15,7 +15,7 @@ again with the same sharp images flagged (without the centre view, one more: a p
 
 The views cost five more inferences and a second decode, so they are only looked at when the whole frame already
 gives a whole-frame blur some probability (`gate`): 2 % of the 350 shared race photos, and every image the whole
-frame calls blurred. That second decode keeps each view's short side at least `min_tile_side` times the input size
+frame calls defocused or motion-blurred. That second decode keeps each view's short side at least `min_tile_side` times the input size
 (a 2048-px export at half scale, a 24 MP original at a quarter), as in the validation images the check was chosen
 on (1,024-px frames: views of 512 x 341 px).
 """

@@ -217,7 +217,8 @@ def test_results_of_an_older_decision_rule_are_dropped_and_overrides_kept(
     first = make_window()
     classifier = first.classifier
     first.close()
-    assert verdict_id(classifier) != model_id(classifier) and classifier.decision_rule in verdict_id(classifier)
+    verdicts = verdict_id(model_id(classifier), classifier)
+    assert verdicts != model_id(classifier) and classifier.decision_rule in verdicts
     db = settings.data_dir / "results" / f"{model_id(classifier)}.sqlite3"
     photo = _real(write_jpeg(tmp_path / "IMG_1.jpg", 1))
     # What an earlier BlurFlag stored: results keyed by the model's files alone, and the user's correction.
