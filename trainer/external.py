@@ -225,7 +225,7 @@ def flagged_by_group(predictions: list[dict[str, object]]) -> str:
     """Per group: how many photos got their label, and the wrong ones with their verdict."""
     groups: dict[str, list[dict[str, object]]] = defaultdict(list)
     for pred in predictions:
-        groups[Path(str(pred["path"])).name.split("__", 1)[0]].append(pred)
+        groups[str(pred["group"])].append(pred)
     lines = []
     for group, preds in sorted(groups.items()):
         for label in sorted({str(p["label"]) for p in preds}):
@@ -236,5 +236,5 @@ def flagged_by_group(predictions: list[dict[str, object]]) -> str:
                 probs = p["probabilities"]
                 assert isinstance(probs, dict)
                 top = str(p["top_class"])
-                lines.append(f"  {Path(str(p['path'])).name.split('__', 1)[1]}: {top} {probs[top]:.2f}")
+                lines.append(f"  {Path(str(p['path'])).name.removeprefix(group + '__')}: {top} {probs[top]:.2f}")
     return "\n".join(lines)

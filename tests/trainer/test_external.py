@@ -124,10 +124,10 @@ def test_a_package_that_is_not_one_is_an_error_for_its_photos_only(tmp_path: Pat
 
 def test_flagged_photos_are_listed_per_group() -> None:
     preds = [
-        {"path": "/w/photos/sharp/wall__a.jpg", "label": "sharp", "top_class": "sharp", "probabilities": {"sharp": 0.9}},
-        {"path": "/w/photos/sharp/wall__b.jpg", "label": "sharp", "top_class": "motion_blurred",
+        {"path": "/w/photos/sharp/wall__a.jpg", "group": "wall", "label": "sharp", "top_class": "sharp", "probabilities": {"sharp": 0.9}},
+        {"path": "/w/photos/sharp/wall__b.jpg", "group": "wall", "label": "sharp", "top_class": "motion_blurred",
          "probabilities": {"sharp": 0.3, "motion_blurred": 0.7}},
-        {"path": "/w/photos/motion_blurred/samples__c.jpg", "label": "motion_blurred", "top_class": "motion_blurred",
+        {"path": "/w/photos/motion_blurred/samples__c.jpg", "group": "samples", "label": "motion_blurred", "top_class": "motion_blurred",
          "probabilities": {"motion_blurred": 0.8}},
     ]
     assert flagged_by_group(preds).splitlines() == [
