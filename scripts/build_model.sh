@@ -25,7 +25,9 @@
 # HOURS / HOURS2 / EPOCHS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
 # measured in MODEL_CARD.md, not the shipped recipe) and REFRAME=SHARE (both stages: half of the training examples
-# made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe).
+# made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe)
+# and SUBJECT_BG=MIN (all splits: subject defocus only from photos whose background keeps a mean sharpness of at least
+# MIN, trainer/dataset.py; 0.05 leaves out portraits on bokeh; measured in MODEL_CARD.md, not the shipped recipe yet).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
 # PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
@@ -60,6 +62,7 @@ DENSE_ARGS=()        # DENSE=W: stage 1 with region targets of weight W (trainer
 [ -n "${DENSE:-}" ] && DENSE_ARGS=(--dense-weight "$DENSE")
 EPOCHS=${EPOCHS:-100}
 REFRAME=${REFRAME:-0}
+SUBJECT_BG=${SUBJECT_BG:-0}  # >0: subject defocus only from photos with a background at least that sharp (0.05 measured)
 START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
 PRETRAIN=${PRETRAIN:-0}
@@ -98,7 +101,7 @@ threads() { [ -n "$1" ] && echo --threads "$1"; true; }
 dataset1() {
   [ -f "$WORK/ship/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" \
     --model-out "$WORK/ship/model" --mask-dir "$WORK/masks" --scale "$SCALE" --train-floor visible --reframe "$REFRAME" \
-    --prepare-only
+    --subject-background "$SUBJECT_BG" --prepare-only
 }
 stage1() {
   [ -f "$WORK/ship/model/blurflag.onnx" ] && return 0
@@ -106,6 +109,7 @@ stage1() {
   [ -f "$WORK/ship/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
     --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" \
+    --subject-background "$SUBJECT_BG" \
     "${START_ARGS[@]}" "${DENSE_ARGS[@]}" "${resume[@]}" $(threads "$1")
 }
 
@@ -115,7 +119,7 @@ stage1() {
 dataset2() {
   [ -f "$WORK/ship2/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" \
     --model-out "$WORK/ship2/model" --mask-dir "$WORK/masks" --scale "$SCALE2" "${STAGE2_MIX[@]}" --train-floor visible \
-    --reframe "$REFRAME" --workers "$1" --prepare-only
+    --reframe "$REFRAME" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
 }
 stage2() {
   [ -f "$WORK/ship2/model/blurflag.onnx" ] && return 0
@@ -123,7 +127,8 @@ stage2() {
   [ -f "$WORK/ship2/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
     --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
-    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" "${resume[@]}" $(threads "$1")
+    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --subject-background "$SUBJECT_BG" "${resume[@]}" \
+    $(threads "$1")
 }
 
 # 6. ENSEMBLE=1 (the shipped model): two more members on the same two datasets, started from dead-leaves pretraining

@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--synth", action="append", default=[], metavar="CLASS=N",
                         help="add N synthetic training examples of CLASS made from sharp photos (repeatable)")
         sp.add_argument("--mask-dir", type=Path, help="cached person masks (see `masks`)")
+        sp.add_argument("--subject-background", type=float, default=0.0, metavar="MIN",
+                        help="make subject defocus only from photos whose background is at least MIN sharp (mean of the "
+                         "focus map outside the person, 0-1; 0.05 leaves out portraits on bokeh; 0: any photo)")
         sp.add_argument("--workers", type=int, default=2)
 
     def add_train_opts(sp: argparse.ArgumentParser) -> None:
@@ -152,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="train-time RandomResizedCrop area from (1 - CROP_SCALE, 1); default 0.1; 0: none")
     sp.add_argument("--lens-softness", type=float, default=0.0, metavar="PX",
                     help="finishing: mild lens softness on half of all examples, sigma up to PX at 2048 px (0: off)")
+    sp.add_argument("--subject-background", type=float, default=0.0, metavar="MIN",
+                    help="make subject defocus only from photos whose background is at least MIN sharp (mean of the "
+                         "focus map outside the person, 0-1; 0.05 leaves out portraits on bokeh; 0: any photo)")
     sp.add_argument("--reframe", type=float, default=0.0, metavar="SHARE",
                     help="training examples only: half are made from a random crop of their photo, at least SHARE of "
                          "each side, taken before any resizing (0: off)")
@@ -251,7 +257,8 @@ def _prepare_options(args: argparse.Namespace) -> Any:
         if getattr(args, "synth_per_class", 0):
             synth.setdefault(c, args.synth_per_class)
     return PrepareOptions(spec=_spec(args), val_fraction=args.val_fraction, seed=args.seed,
-                          balance=not args.no_balance, synth=synth, workers=args.workers, mask_dir=args.mask_dir)
+                          balance=not args.no_balance, synth=synth, workers=args.workers, mask_dir=args.mask_dir,
+                          subject_background=args.subject_background)
 
 
 def _train_config(args: argparse.Namespace) -> Any:

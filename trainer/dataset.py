@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 from engine.errors import UnreadableImageError
 from engine.model import PRODUCT_CLASSES, SHARP
@@ -44,6 +44,13 @@ WORK_LONG_SIDE = 1024  # synthesis size; strengths are always stated in pixels a
 #: Share of the examples of a reframing job list (`Job.reframe`) made from a crop of their photo; the rest
 #: keep the whole frame, as the engine sees it.
 REFRAME_SHARE = 0.5
+#: `subject_defocus` shows a missed focus only where the background stays sharp: defocusing the person of a photo
+#: whose background is already soft (a portrait on bokeh) leaves no sharp part, a defocused frame. With the gate on
+#: (`--subject-background`), photos whose background has a mean sharpness (`background_sharpness`) below the given
+#: value are not used for it; this value is the one measured (models/MODEL_CARD.md, "Subject defocus on a soft
+#: background").
+SHARP_BACKGROUND_MIN = 0.05
+_BACKGROUND_SIDE = 2048  # long side a photo is judged at (the shared race photos' size)
 DATASET_INFO = "dataset.json"
 MANIFEST = "manifest.csv"
 Progress = Callable[[str], None]
@@ -98,6 +105,7 @@ class PrepareOptions:
     synth: Mapping[str, int] = field(default_factory=dict)  # extra synthetic training examples per class
     workers: int = 2
     mask_dir: Path | None = None  # cached person masks (trainer.masks.precompute_masks)
+    subject_background: float = 0.0  # min background sharpness of a subject_defocus photo (0: any; see above)
 
 
 # --------------------------------------------------------------------------- discovery and groups
@@ -204,8 +212,11 @@ def plan_jobs(
     balance_splits: Iterable[str] = ("train",),
     seed: int = 0,
     has_mask: Callable[[SourceImage], bool] | None = None,
+    sharp_background: Callable[[SourceImage], bool] | None = None,
 ) -> list[Job]:
-    """Every example to make: originals, synthetic examples from each split's sharp originals, then balancing copies."""
+    """Every example to make: originals, synthetic examples from each split's sharp originals, then balancing copies.
+
+    `sharp_background`, if given, picks the photos `subject_defocus` may use among those with a mask."""
     rng = random.Random(seed)
     jobs: list[Job] = []
     balance_splits = set(balance_splits)
@@ -214,6 +225,7 @@ def plan_jobs(
             jobs.append(Job(split, it.label, it, "original", rng.randrange(2**31)))
         sharp = [it for it in items if it.label == SHARP]
         masked = [it for it in sharp if has_mask is None or has_mask(it)]
+        pools = {"subject_defocus": subject_defocus_pool(masked, sharp_background)}
         for label, count in sorted(synth_per_split.get(split, {}).items()):
             if count <= 0:
                 continue
@@ -221,7 +233,7 @@ def plan_jobs(
             for i in range(count):
                 kind = kinds[i % len(kinds)]
                 needs_mask = kind in {"subject_motion", "subject_defocus", "bokeh", "panning"}
-                pool = masked if needs_mask else sharp
+                pool = pools.get(kind, masked) if needs_mask else sharp
                 if not pool:
                     if needs_mask and sharp:  # no masks at all: fall back to a maskless kind of the same class
                         alt = [k for k in kinds if k not in {"subject_motion", "subject_defocus", "bokeh", "panning"}]
@@ -246,6 +258,58 @@ def plan_jobs(
     for k, job in enumerate(jobs):
         named.append(replace(job, out_name=f"{k:06d}_{_slug(job.source.path.stem)}_{job.kind}.png"))
     return named
+
+
+def subject_defocus_pool(
+    masked: Sequence[SourceImage], sharp_background: Callable[[SourceImage], bool] | None
+) -> list[SourceImage]:
+    """The photos `subject_defocus` may use: those with a mask, and a sharp background where that is asked for."""
+    return list(masked) if sharp_background is None else [s for s in masked if sharp_background(s)]
+
+
+def background_sharpness(image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean local sharpness (engine.focus.focus_map, 0-1) of an RGB photo outside its person mask.
+
+    The mask is grown by about 1% of the long side, so the person's own soft edge does not count. Flat areas (sky,
+    a plain wall) count as soft, like bokeh: a background without crisp detail cannot show that the person is the
+    part out of focus. A mask that covers the whole frame gives 0.0.
+    """
+    from engine.focus import focus_map
+
+    focus = focus_map(Image.fromarray(np.asarray(image, dtype=np.uint8)), max_side=1024)
+    person = Image.fromarray((np.asarray(mask) >= 0.5).astype(np.uint8) * 255)
+    grown = person.resize((focus.shape[1], focus.shape[0])).filter(ImageFilter.MaxFilter(9))
+    background = focus[np.asarray(grown) <= 127]
+    return float(background.mean()) if background.size else 0.0
+
+
+def check_subject_background(value: float) -> None:
+    """`--subject-background` is a sharpness on the focus map's 0-1 scale (0: off)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--subject-background must be between 0 (off) and 1, got {value}")
+
+
+def sharp_background_checker(mask_dir: Path | None, minimum: float) -> Callable[[SourceImage], bool]:
+    """Whether a photo's background is at least `minimum` sharp (`background_sharpness`), judged once per photo.
+
+    A photo without a mask, or one that cannot be read, does not pass (it is only left out of `subject_defocus`;
+    any other kind reports its own error for it).
+    """
+    from trainer.masks import person_mask
+
+    seen: dict[Path, bool] = {}
+
+    def check(it: SourceImage) -> bool:
+        if it.path not in seen:
+            try:
+                base = _load_working(it.path, _BACKGROUND_SIDE)
+                mask = person_mask(base, it.path, mask_dir)
+                seen[it.path] = mask is not None and background_sharpness(base, mask) >= minimum
+            except (OSError, ValueError, Image.DecompressionBombError):
+                seen[it.path] = False
+        return seen[it.path]
+
+    return check
 
 
 def _slug(text: str) -> str:
@@ -478,6 +542,7 @@ def prepare(
 ) -> list[ManifestRow]:
     """`blurflag-train prepare`: split by group, then synthesise and balance, then write the dataset."""
     options = options or PrepareOptions()
+    check_subject_background(options.subject_background)
     items = discover(source)
     train, val = split_by_group(items, options.val_fraction, options.seed)
     ratio = options.val_fraction / max(1e-6, 1 - options.val_fraction)
@@ -486,7 +551,10 @@ def prepare(
         "val": {c: int(round(n * ratio)) for c, n in options.synth.items()},
     }
     has_mask = _mask_checker(options.mask_dir) if any(options.synth.values()) else None
-    jobs = plan_jobs({"train": train, "val": val}, synth, ("train",) if options.balance else (), options.seed, has_mask)
+    sharp_background = (sharp_background_checker(options.mask_dir, options.subject_background)
+                        if options.subject_background > 0 and options.synth.get("defocused_object_portrait") else None)
+    jobs = plan_jobs({"train": train, "val": val}, synth, ("train",) if options.balance else (), options.seed, has_mask,
+                     sharp_background)
     return write_dataset(out_dir, jobs, options.spec, options.workers, options.mask_dir, progress, stop)
 
 

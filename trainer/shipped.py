@@ -22,7 +22,17 @@ from typing import Any
 from engine.model import SHARP
 from engine.preprocess import InputSpec, parse_reducing_gap
 from trainer.card import VISIBLE_PX
-from trainer.dataset import Job, ManifestRow, Progress, SourceImage, _slug, write_dataset
+from trainer.dataset import (
+    Job,
+    ManifestRow,
+    Progress,
+    SourceImage,
+    _slug,
+    check_subject_background,
+    sharp_background_checker,
+    subject_defocus_pool,
+    write_dataset,
+)
 from trainer.evaluate import Sample
 
 #: Whole races held out of training and model selection (test), and races used for model selection (val).
@@ -124,16 +134,20 @@ def plan_shipped_jobs(
     train_floor: Mapping[str, float] | None = None,
     lens_softness_px: float = 0.0,
     reframe: float = 0.0,
+    sharp_background: Callable[[SourceImage], bool] | None = None,
 ) -> list[Job]:
     """Jobs for every split: train per `mix` (default TRAIN_MIX) times `scale`, val a quarter of it, test
     TEST_PER_KIND per kind. `train_floor` (kind -> px at 2048) keeps training blur at or above a strength;
     val and test keep the full range, so recall below it is still measured. `lens_softness_px` (max sigma at
     2048 px, see synthesis.lens_softness) applies to every job of every split alike. `reframe` (see
-    `Job.reframe`) applies to training jobs only, so validation and test keep the whole frames the engine sees."""
+    `Job.reframe`) applies to training jobs only, so validation and test keep the whole frames the engine sees.
+    `sharp_background`, if given, picks the photos `subject_defocus` may use in every split
+    (trainer.dataset.SHARP_BACKGROUND_MIN)."""
     rng = random.Random(seed)
     jobs: list[Job] = []
     for split, items in splits.items():
         masked = [s for s in items if has_mask(s)]
+        pools = {"subject_defocus": subject_defocus_pool(masked, sharp_background)}
         for label, kinds in (mix or TRAIN_MIX).items():
             for kind, count in kinds.items():
                 if split == "train":
@@ -142,7 +156,7 @@ def plan_shipped_jobs(
                     n = int(round(count * scale / 4))
                 else:
                     n = len(items) if kind == "clean" else TEST_PER_KIND
-                pool = masked if kind in MASK_KINDS else items
+                pool = pools.get(kind, masked) if kind in MASK_KINDS else items
                 if not pool:
                     continue
                 if kind == "clean" and split != "train":
@@ -173,10 +187,12 @@ def build_shipped_dataset(
     lens_softness_px: float = 0.0,
     reframe: float = 0.0,
     stop: threading.Event | None = None,
+    subject_background: float = 0.0,
 ) -> list[ManifestRow]:
     """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
 
-    `seed` fixes the split by group; `synth_seed` only which photo gets which blur, and how."""
+    `seed` fixes the split by group; `synth_seed` only which photo gets which blur, and how. `subject_background`
+    above 0 keeps `subject_defocus` to photos whose background is at least that sharp (trainer.dataset)."""
     from trainer import masks
 
     splits = split_sources(shared_dir, seed)
@@ -186,7 +202,9 @@ def build_shipped_dataset(
             return True
         return masks.load_shared_mask(s.path) is not None
 
-    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px, reframe)
+    sharp_background = sharp_background_checker(mask_dir, subject_background) if subject_background > 0 else None
+    jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px, reframe,
+                             sharp_background)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for j in jobs:
         counts[(j.split, j.kind)] += 1
@@ -227,6 +245,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     reframe = getattr(args, "reframe", 0.0) or 0.0
     if not 0 <= reframe <= 1:  # the bounds of trainer.dataset.reframe_box, plus 0 for off
         raise ValueError(f"--reframe must be a share of each side in (0, 1] (0: off), got {reframe}")
+    check_subject_background(getattr(args, "subject_background", 0.0) or 0.0)
     spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=parse_gap(getattr(args, "reducing_gap", None)))
     mix = parse_mix(getattr(args, "mix", []) or [])
     train_floor = VISIBLE_PX if getattr(args, "train_floor", "none") == "visible" else None
@@ -240,7 +259,8 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         rep.emit("step", step="prepare", index=1, total=4)
         rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log,
                                      getattr(args, "synth_seed", 0), mix, train_floor,
-                                     getattr(args, "lens_softness", 0.0) or 0.0, reframe, stop)
+                                     getattr(args, "lens_softness", 0.0) or 0.0, reframe, stop,
+                                     getattr(args, "subject_background", 0.0) or 0.0)
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:

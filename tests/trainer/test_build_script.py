@@ -15,7 +15,7 @@ HAS_TRAIN = all(importlib.util.find_spec(m) for m in ("torch", "ultralytics"))
 pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI installs it)")
 REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
-_KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY")
+_KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -130,3 +130,15 @@ def test_float32_schedule_trains_one_network_at_a_time(tmp_path: Path) -> None:
     assert not any(f"{w}/tdl" in c for c in calls)
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:5] == [f"{w}/ship2/model", f"{w}/dl2/model", f"{w}/dl1/model"]
+
+
+def test_subject_background_reaches_every_dataset_the_recipe_makes(tmp_path: Path) -> None:
+    for value in ("0", "0.05"):   # the default (off), then the measured gate
+        overrides = {} if value == "0" else {"SUBJECT_BG": value}
+        calls = _run_with_stubs(tmp_path / value, bf16="1", **overrides)
+        work = tmp_path / value / "work"
+        makers = [c for c in calls if c.startswith("shipped ") and "--resume" not in c.split()
+                  and any(f"--work {work}/{d} " in c for d in ("ship", "ship2"))]
+        assert len(makers) == 2, calls   # the stage-1 and the stage-2 dataset
+        for c in makers:
+            assert f" --subject-background {value} " in c + " ", c
