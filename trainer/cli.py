@@ -67,6 +67,15 @@ def _add_precision(sp: argparse.ArgumentParser) -> None:
                          "float32")
 
 
+def _add_subject_background(sp: argparse.ArgumentParser) -> None:
+    from trainer.dataset import SHARP_BACKGROUND_MIN
+
+    sp.add_argument("--subject-background", type=float, default=0.0, metavar="MIN",
+                    help="make subject defocus only from photos whose background is at least MIN sharp (mean of the "
+                         f"focus map outside the person, 0-1; {SHARP_BACKGROUND_MIN:g} leaves out portraits on bokeh; "
+                         "0: any photo, the default)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blurflag-train", description="Retrain BlurFlag's blur classifier offline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,9 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--synth", action="append", default=[], metavar="CLASS=N",
                         help="add N synthetic training examples of CLASS made from sharp photos (repeatable)")
         sp.add_argument("--mask-dir", type=Path, help="cached person masks (see `masks`)")
-        sp.add_argument("--subject-background", type=float, default=0.0, metavar="MIN",
-                        help="make subject defocus only from photos whose background is at least MIN sharp (mean of the "
-                         "focus map outside the person, 0-1; 0.05 leaves out portraits on bokeh; 0: any photo)")
+        _add_subject_background(sp)
         sp.add_argument("--workers", type=int, default=2)
 
     def add_train_opts(sp: argparse.ArgumentParser) -> None:
@@ -155,9 +162,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="train-time RandomResizedCrop area from (1 - CROP_SCALE, 1); default 0.1; 0: none")
     sp.add_argument("--lens-softness", type=float, default=0.0, metavar="PX",
                     help="finishing: mild lens softness on half of all examples, sigma up to PX at 2048 px (0: off)")
-    sp.add_argument("--subject-background", type=float, default=0.0, metavar="MIN",
-                    help="make subject defocus only from photos whose background is at least MIN sharp (mean of the "
-                         "focus map outside the person, 0-1; 0.05 leaves out portraits on bokeh; 0: any photo)")
+    _add_subject_background(sp)
     sp.add_argument("--reframe", type=float, default=0.0, metavar="SHARE",
                     help="training examples only: half are made from a random crop of their photo, at least SHARE of "
                          "each side, taken before any resizing (0: off)")
