@@ -124,7 +124,9 @@ def open_image(path: str | os.PathLike[str], spec: InputSpec | None = None) -> I
             return _decode(img, spec)
     except UnreadableImageError:
         raise
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):
+        # ImportError: in a process that has imported ultralytics (the trainer), `Image.open` is patched to import a
+        # HEIF plugin for files Pillow cannot identify, and that plugin is not installed: the same verdict.
         raise UnreadableImageError("not an image, or an unsupported format") from None
     except Image.DecompressionBombError:
         raise UnreadableImageError("image too large (decompression-bomb limit)") from None

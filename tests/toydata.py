@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 
 def scene(seed: int, size: tuple[int, int] = (192, 128)) -> Image.Image:
@@ -48,3 +50,16 @@ def write_class_folders(root: Path, per_class: int = 6, size: tuple[int, int] = 
         for i in range(per_class):
             blurred(scene(1000 * hash(label) % 997 + i, size), label).save(folder / f"IMG_{i * 10:04d}.jpg", quality=92)
     return root
+
+
+def open_as_ultralytics_patches_it(real_open: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
+    """`Image.open` as importing ultralytics leaves it: a file Pillow cannot identify makes it import a HEIF plugin,
+    which is not installed here (ultralytics.utils.patches.image_open)."""
+
+    def patched(fp: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        try:
+            return real_open(fp, *args, **kwargs)
+        except UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'") from None
+
+    return patched

@@ -305,7 +305,7 @@ def sharp_background_checker(mask_dir: Path | None, minimum: float) -> Callable[
                 base = _load_working(it.path, _BACKGROUND_SIDE)
                 mask = person_mask(base, it.path, mask_dir)
                 seen[it.path] = mask is not None and background_sharpness(base, mask) >= minimum
-            except (OSError, ValueError, Image.DecompressionBombError):
+            except (OSError, ValueError, ImportError, Image.DecompressionBombError):  # ImportError: engine.preprocess
                 seen[it.path] = False
         return seen[it.path]
 
@@ -361,6 +361,8 @@ def make_example(job: Job, out_dir: Path, spec: InputSpec, mask_dir: Path | None
             img, row = _synthesise(job, out_dir, spec, mask_dir, rng, row)
     except (UnreadableImageError, OSError, ValueError) as exc:
         return replace(row, file="", error=str(exc))
+    except ImportError:  # Image.open as ultralytics patches it, on a file Pillow cannot identify (engine.preprocess)
+        return replace(row, file="", error="not an image, or an unsupported format")
     dest = out_dir / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
     to_model_image(img, spec).save(dest, format="PNG", compress_level=1)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine import UnreadableImageError, load_classifier
 from engine.preprocess import InputSpec, draft_side, load_model_input, open_image, preprocess, to_model_image
-from tests.toydata import scene
+from tests.toydata import open_as_ultralytics_patches_it, scene
 
 SPEC = InputSpec(size=64, resize="stretch")
 
@@ -164,3 +164,13 @@ def test_camera_originals_decode_further_down_than_exports(tmp_path: Path) -> No
     Image.new("RGB", (3200, 2000), (90, 120, 150)).save(original, quality=90)
     assert open_image(export, spec).size == (2048, 1365)  # an export decodes in full, as training images did
     assert open_image(original, spec).size == (800, 500)  # 1/4: the largest reduction keeping 2 x 224
+
+
+def test_an_unidentified_file_stays_a_readable_error_under_ultralytics_patch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "open", open_as_ultralytics_patches_it(Image.open))
+    bad = tmp_path / "text.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(UnreadableImageError, match="not an image"):
+        open_image(bad, SPEC)

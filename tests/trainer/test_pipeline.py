@@ -220,3 +220,22 @@ def test_extra_examples_are_merged_without_touching_the_sources(tmp_path: Path) 
     items = discover(merged)
     assert Counter(i.label for i in items)["motion_blurred"] == 5
     assert sorted(p.name for p in (tmp_path / "extra").rglob("*")) == before
+
+
+@pytest.mark.parametrize("kind", ["original", "augmented", "defocus"])
+def test_a_file_pillow_cannot_identify_is_one_failed_example_even_under_ultralytics_patch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from PIL import Image
+
+    from tests.toydata import open_as_ultralytics_patches_it
+    from trainer.dataset import Job, SourceImage, make_example
+
+    monkeypatch.setattr(Image, "open", open_as_ultralytics_patches_it(Image.open))  # as once training has started
+    bad = tmp_path / "sharp" / "notes.jpg"
+    bad.parent.mkdir()
+    bad.write_text("not a photo")
+    job = Job("train", "sharp", SourceImage(bad, "sharp", "g"), kind, seed=1, out_name="x.png")
+    row = make_example(job, tmp_path / "ds", InputSpec(size=64, resize="stretch"), None)
+    assert row.error and not row.file, row
+    assert not (tmp_path / "ds" / "train").exists()

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from engine.model import SHARP
+from tests.toydata import open_as_ultralytics_patches_it
 from trainer import masks
 from trainer.cli import main as train_main
 from trainer.dataset import (
@@ -62,8 +63,13 @@ def test_background_sharpness_tells_a_sharp_background_from_bokeh() -> None:
     assert background_sharpness(_photo(False), np.full((H, W), 255, np.uint8)) == 0.0  # no background at all
 
 
-def test_checker_judges_each_photo_from_its_file_and_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ultralytics_imported", [False, True])
+def test_checker_judges_each_photo_from_its_file_and_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ultralytics_imported: bool
+) -> None:
     monkeypatch.setattr(masks, "_mp_state", {"ok": False})  # as without MediaPipe: cached masks only
+    if ultralytics_imported:  # the trainer's process once training has started: Image.open patched
+        monkeypatch.setattr(Image, "open", open_as_ultralytics_patches_it(Image.open))
     mask_dir = tmp_path / "masks"
     good = _write(tmp_path, "street.jpg", False, mask_dir)
     bokeh = _write(tmp_path, "portrait.jpg", True, mask_dir)
