@@ -270,7 +270,8 @@ def subject_defocus_pool(
 def background_sharpness(image: np.ndarray, mask: np.ndarray) -> float:
     """Mean local sharpness (engine.focus.focus_map, 0-1) of an RGB photo outside its person mask.
 
-    The mask is grown by about 1% of the long side, so the person's own soft edge does not count. Flat areas (sky,
+    The mask is grown by 4 px of the 1,024-px focus map (0.4% of the long side), so the person's own soft edge does
+    not count. Flat areas (sky,
     a plain wall) count as soft, like bokeh: a background without crisp detail cannot show that the person is the
     part out of focus. A mask that covers the whole frame gives 0.0.
     """
@@ -305,7 +306,7 @@ def sharp_background_checker(mask_dir: Path | None, minimum: float) -> Callable[
                 base = _load_working(it.path, _BACKGROUND_SIDE)
                 mask = person_mask(base, it.path, mask_dir)
                 seen[it.path] = mask is not None and background_sharpness(base, mask) >= minimum
-            except (OSError, ValueError, ImportError, Image.DecompressionBombError):  # ImportError: engine.preprocess
+            except (UnreadableImageError, OSError, ValueError, Image.DecompressionBombError):
                 seen[it.path] = False
         return seen[it.path]
 
@@ -335,9 +336,14 @@ def augment_original(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _load_working(path: Path, long_side: int) -> np.ndarray:
+    """A photo as RGB at most `long_side` px long, for synthesis (UnreadableImageError for a file that is no image)."""
     from PIL import ImageOps
 
-    with Image.open(path) as src:
+    try:
+        src = Image.open(path)
+    except ImportError:  # Image.open as ultralytics patches it, on a file Pillow cannot identify (engine.preprocess)
+        raise UnreadableImageError("not an image, or an unsupported format") from None
+    with src:
         src.draft("RGB", (long_side, long_side))
         src.load()
         im: Image.Image = (ImageOps.exif_transpose(src) or src).convert("RGB")
@@ -361,8 +367,6 @@ def make_example(job: Job, out_dir: Path, spec: InputSpec, mask_dir: Path | None
             img, row = _synthesise(job, out_dir, spec, mask_dir, rng, row)
     except (UnreadableImageError, OSError, ValueError) as exc:
         return replace(row, file="", error=str(exc))
-    except ImportError:  # Image.open as ultralytics patches it, on a file Pillow cannot identify (engine.preprocess)
-        return replace(row, file="", error="not an image, or an unsupported format")
     dest = out_dir / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
     to_model_image(img, spec).save(dest, format="PNG", compress_level=1)
