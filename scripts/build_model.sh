@@ -27,7 +27,8 @@
 # measured in MODEL_CARD.md, not the shipped recipe) and REFRAME=SHARE (both stages: half of the training examples
 # made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe)
 # and SUBJECT_BG=MIN (all splits: subject defocus only from photos whose background keeps a mean sharpness of at least
-# MIN, trainer/dataset.py; 0.05 leaves out portraits on bokeh; a full rebuild with it measured in MODEL_CARD.md: no gain, not the shipped recipe).
+# MIN, trainer/dataset.py; 0.05 leaves out portraits on bokeh; a full rebuild with it is measured in MODEL_CARD.md:
+# no gain, not the shipped recipe).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
 # PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
