@@ -271,9 +271,8 @@ def background_sharpness(image: np.ndarray, mask: np.ndarray) -> float:
     """Mean local sharpness (engine.focus.focus_map, 0-1) of an RGB photo outside its person mask.
 
     The mask is grown by 4 px of the 1,024-px focus map (0.4% of the long side), so the person's own soft edge does
-    not count. Flat areas (sky,
-    a plain wall) count as soft, like bokeh: a background without crisp detail cannot show that the person is the
-    part out of focus. A mask that covers the whole frame gives 0.0.
+    not count. Flat areas (sky, a plain wall) count as soft, like bokeh: a background without crisp detail cannot
+    show that the person is the part out of focus. A mask that covers the whole frame gives 0.0.
     """
     from engine.focus import focus_map
 
