@@ -139,18 +139,28 @@ def distill(teacher_source: Path, start: Path, datasets: Sequence[Path], out: Pa
     import torch.nn.functional as F
     from PIL import Image
 
+    from engine.errors import UnreadableImageError
+    from engine.preprocess import open_image
+
     if hours <= 0 and not max_steps:
         raise ValueError("give a time budget (hours > 0) or a step count")
+    if not Path(start).is_file():
+        raise FileNotFoundError(f"student start not found: {start}")
     stop = stop or threading.Event()
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    files = training_images(datasets)
-    images = torch.from_numpy(np.stack([
-        np.asarray(Image.open(f).convert("RGB").resize((imgsz, imgsz), Image.Resampling.BILINEAR)) for f in files
-    ])).permute(0, 3, 1, 2).contiguous()
-    log(f"{len(files)} training images from {len(datasets)} dataset(s)")
+    arrays = []
+    for f in training_images(datasets):
+        try:
+            arrays.append(np.asarray(open_image(f).resize((imgsz, imgsz), Image.Resampling.BILINEAR)))
+        except UnreadableImageError as exc:  # one unreadable image is skipped, the rest are used
+            log(f"skipped {f}: {exc}")
+    if not arrays:
+        raise ValueError("none of the training images could be read")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    log(f"{len(arrays)} training images from {len(datasets)} dataset(s)")
     teacher = load_yolov5_teacher(teacher_source, scale).model[: max(TEACHER_LAYERS) + 1]
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -235,4 +245,4 @@ def distill(teacher_source: Path, start: Path, datasets: Sequence[Path], out: Pa
     torch.save(saved, buf)
     Path(out).write_bytes(buf.getvalue())
     log(f"distilled {step} steps in {time.monotonic() - t0:.0f} s, loss {running:.4f}: {out}")
-    return {"steps": step, "loss": running, "images": len(files), "out": str(out)}
+    return {"steps": step, "loss": running, "images": len(arrays), "out": str(out)}

@@ -125,10 +125,13 @@ def test_distill_changes_the_backbone_only_and_the_trainer_takes_it(teacher: tup
     prepare(src, ds, PrepareOptions(spec=InputSpec(size=SIZE, resize="stretch"), workers=1, balance=False))
     start = tmp_path / "start.pt"
     YOLO("yolov8n-cls.yaml").save(start)
+    (ds / "train" / "sharp" / "broken.png").write_bytes(b"not a png")  # skipped with a message, the rest are used
     out = tmp_path / "distilled.pt"
-    report = distill(folder := teacher[1], start, [ds], out, 0, lambda _m: None, scale="n", imgsz=SIZE, batch=4,
+    messages: list[str] = []
+    report = distill(folder := teacher[1], start, [ds], out, 0, messages.append, scale="n", imgsz=SIZE, batch=4,
                      max_steps=3)
-    assert folder.is_dir() and report["steps"] == 3 and report["images"] == len(list((ds / "train").glob("*/*")))
+    assert folder.is_dir() and report["steps"] == 3 and report["images"] == len(list((ds / "train").glob("*/*"))) - 1
+    assert any("skipped" in m and "broken.png" in m for m in messages)
     before = torch.load(start, map_location="cpu", weights_only=False)
     after = torch.load(out, map_location="cpu", weights_only=False)
     b = (before.get("ema") or before["model"]).float().state_dict()
@@ -144,7 +147,7 @@ def test_distill_changes_the_backbone_only_and_the_trainer_takes_it(teacher: tup
     assert probs.shape[-1] == len(model.names)
 
 
-def test_distill_wants_a_budget_and_a_classifier(teacher: tuple[object, Path], tmp_path: Path) -> None:
+def test_distill_wants_a_budget_a_start_and_training_images(teacher: tuple[object, Path], tmp_path: Path) -> None:
     from trainer.distill import distill
 
     src = write_class_folders(tmp_path / "src", per_class=2)
@@ -152,5 +155,9 @@ def test_distill_wants_a_budget_and_a_classifier(teacher: tuple[object, Path], t
     prepare(src, ds, PrepareOptions(spec=InputSpec(size=SIZE, resize="stretch"), workers=1, balance=False))
     with pytest.raises(ValueError, match="time budget"):
         distill(teacher[1], tmp_path / "x.pt", [ds], tmp_path / "o.pt", 0, scale="n")
+    with pytest.raises(FileNotFoundError, match="student start not found"):
+        distill(teacher[1], tmp_path / "x.pt", [ds], tmp_path / "o.pt", 0.01, scale="n")
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="no train/"):
-        distill(teacher[1], tmp_path / "x.pt", [tmp_path], tmp_path / "o.pt", 0.01, scale="n")
+        distill(teacher[1], start, [tmp_path], tmp_path / "o.pt", 0.01, scale="n")
