@@ -140,6 +140,7 @@ def distill(teacher_source: Path, start: Path, datasets: Sequence[Path], out: Pa
     from PIL import Image
 
     from engine.errors import UnreadableImageError
+    from engine.fileio import atomic_write
     from engine.preprocess import open_image
 
     if hours <= 0 and not max_steps:
@@ -232,6 +233,9 @@ def distill(teacher_source: Path, start: Path, datasets: Sequence[Path], out: Pa
         running = value if math.isnan(running) else 0.98 * running + 0.02 * value
         if step % 50 == 0:
             log(f"step {step}  {elapsed:.0f} s  loss {running:.4f}  ({step * batch / max(elapsed, 1e-9):.1f} img/s)")
+    if stop.is_set():  # a half-made start is not written: it could pass for a finished one
+        log(f"stopped after {step} steps: nothing written")
+        return {"steps": step, "loss": running, "images": len(arrays), "out": None}
     student_full.eval()
     for p in student_full.parameters():
         p.requires_grad_(False)
@@ -243,6 +247,6 @@ def distill(teacher_source: Path, start: Path, datasets: Sequence[Path], out: Pa
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(saved, buf)
-    Path(out).write_bytes(buf.getvalue())
+    atomic_write(Path(out), buf.getvalue())  # a crash never leaves a truncated checkpoint behind
     log(f"distilled {step} steps in {time.monotonic() - t0:.0f} s, loss {running:.4f}: {out}")
     return {"steps": step, "loss": running, "images": len(arrays), "out": str(out)}

@@ -161,3 +161,22 @@ def test_distill_wants_a_budget_a_start_and_training_images(teacher: tuple[objec
     start.write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="no train/"):
         distill(teacher[1], start, [tmp_path], tmp_path / "o.pt", 0.01, scale="n")
+
+
+def test_a_stopped_distillation_writes_nothing(teacher: tuple[object, Path], tmp_path: Path) -> None:
+    import threading
+
+    from ultralytics import YOLO
+
+    from trainer.distill import distill
+
+    src = write_class_folders(tmp_path / "src", per_class=2)
+    ds = tmp_path / "ds"
+    prepare(src, ds, PrepareOptions(spec=InputSpec(size=SIZE, resize="stretch"), workers=1, balance=False))
+    start = tmp_path / "start.pt"
+    YOLO("yolov8n-cls.yaml").save(start)
+    stop = threading.Event()
+    stop.set()
+    report = distill(teacher[1], start, [ds], tmp_path / "o.pt", 0, lambda _m: None, stop, scale="n", imgsz=SIZE,
+                     batch=2, max_steps=5)
+    assert report["out"] is None and report["steps"] == 0 and not (tmp_path / "o.pt").exists()
