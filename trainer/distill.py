@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from engine.preprocess import is_image_path
+
 #: The student's (YOLOv8n-cls) and the teacher's (YOLOv5) layers whose outputs are matched: strides 8, 16, 32.
 STUDENT_LAYERS = (4, 6, 8)
 TEACHER_LAYERS = (4, 6, 9)
 #: Convolutions of YOLOv5 layers 0-23 (backbone and neck), in the order `models/tf.py` created them.
 _CONV = re.compile(r"/conv2d(?:_(\d+))?/Conv2D")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 LogFn = Callable[[str], None]
 
@@ -121,7 +122,7 @@ def training_images(datasets: Sequence[Path]) -> list[Path]:
         train = Path(ds) / "train"
         if not train.is_dir():
             raise FileNotFoundError(f"{ds}: no train/ folder (a dataset from `blurflag-train prepare` or `shipped`)")
-        files += sorted(p for p in train.glob("*/*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files += sorted(p for p in train.glob("*/*") if is_image_path(p))
     if not files:
         raise ValueError("no training images in " + ", ".join(str(d) for d in datasets))
     return files

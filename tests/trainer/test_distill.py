@@ -12,27 +12,12 @@ import pytest
 
 from engine.preprocess import InputSpec
 from tests.toydata import write_class_folders
+from tests.trainer.test_backbone import _detector
 from trainer.dataset import PrepareOptions, prepare
 
 HAS_TRAIN = all(__import__("importlib").util.find_spec(m) for m in ("torch", "ultralytics"))
 pytestmark = [pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI installs it)"), pytest.mark.slow]
 SIZE = 64
-
-
-def _yolov5n(seed: int) -> object:
-    """An untrained yolov5n detector with random BatchNorm, so that folding it changes the weights."""
-    import torch
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(seed)
-    det = DetectionModel("yolov5n.yaml", nc=80, verbose=False)
-    for m in det.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return det.eval()
 
 
 def _write_tfjs(det: object, folder: Path) -> None:
@@ -69,7 +54,7 @@ def _write_tfjs(det: object, folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory, ultralytics_env: None) -> tuple[object, Path]:
-    det = _yolov5n(0)
+    det = _detector(0, "yolov5n.yaml")  # random BatchNorm: folding it changes the weights
     folder = tmp_path_factory.mktemp("tfjs") / "package" / "dist" / "model_n"
     _write_tfjs(det, folder)
     return det, folder
