@@ -154,9 +154,10 @@ def test_pretrain_trains_a_four_class_classifier_that_shipped_can_start_from(
 
 @pytest.mark.train
 @pytest.mark.usefixtures("ultralytics_env")
-@pytest.mark.parametrize("name", ["deadleaves_yolov8n_cls.pt", "deadleaves_textured_yolov8n_cls.pt"])
+@pytest.mark.parametrize("name", ["deadleaves_yolov8n_cls.pt", "deadleaves_textured_yolov8n_cls.pt",
+                                  "distilled_yolov8n_cls.pt"])
 def test_the_committed_pretrained_starts_are_four_class_classifiers(name: str) -> None:
-    """scripts/build_model.sh starts two of the shipped networks from these (PRE_WEIGHTS, TEX_WEIGHTS)."""
+    """scripts/build_model.sh starts the shipped networks from these (PRE_WEIGHTS, TEX_WEIGHTS, DIST_WEIGHTS)."""
     pytest.importorskip("ultralytics")
     from ultralytics import YOLO
 
