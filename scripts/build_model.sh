@@ -28,7 +28,24 @@
 # fine-tuning in a PRE_HOURS2=0.4 box), then the recipe's stage 2 beside the textured chain (step 6b); measured in
 # one run from a fresh clone and an empty work folder on this 2-core machine, install included: 1 h 59 min 58 s.
 # Elsewhere (float32) the default is PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7,
-# PRE_HOURS2=0.5; every epoch takes about 1.7x its bfloat16 time there (DISTILLED=1: about 2 h 45 min, not measured).
+# PRE_HOURS2=0.5; every epoch takes about 1.7x its bfloat16 time there (DISTILLED=1: about 2 h 50 min, not measured).
+# Every stage synthesises training blur only at visible strengths (--train-floor visible).
+# HOURS / HOURS2 / EPOCHS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe;
+# so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
+# measured in MODEL_CARD.md, not the shipped recipe) and REFRAME=SHARE (both stages: half of the training examples
+# made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe)
+# and SUBJECT_BG=MIN (all splits: subject defocus only from photos whose background keeps a mean sharpness of at least
+# MIN, trainer/dataset.py; 0.05 leaves out portraits on bokeh; a full rebuild with it is measured in MODEL_CARD.md:
+# no gain, not the shipped recipe). SCALE, SCALE2, REFRAME and SUBJECT_BG shape the datasets every chain trains on;
+# HOURS, HOURS2, EPOCHS2, EPOCHS, DENSE and START only the recipe's network (DISTILLED=0 or ENSEMBLE=0).
+# START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
+# backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
+# PRETRAIN=1 first pretrains on synthetic dead-leaves pictures (`blurflag-train pretrain`, PRE_HOURS of training,
+# default 0.5) and starts the recipe's stage 1 and the dead-leaves chain from those weights instead of PRE_WEIGHTS
+# (measured in MODEL_CARD.md).
+# Re-running it after an interruption resumes: masks are cached, datasets are reused, finished networks are kept, and
+# training continues from the last checkpoint of the stage that was running.
+#
 #   bash scripts/build_model.sh [SHARED_DATA_DIR] [WORK_DIR]
 #
 # SCHEDULE_ONLY=1 prints the schedule this machine would get and stops.
