@@ -28,7 +28,7 @@
 # fine-tuning in a PRE_HOURS2=0.4 box), then the recipe's stage 2 beside the textured chain (step 6b); measured in
 # one run from a fresh clone and an empty work folder on this 2-core machine, install included: 1 h 59 min 58 s.
 # Elsewhere (float32) the default is PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7,
-# PRE_HOURS2=0.5; every epoch takes about 1.7x its bfloat16 time there (DISTILLED=1: about 2 h 50 min, not measured).
+# PRE_HOURS2=0.5; every epoch takes about 1.7x its bfloat16 time there (DISTILLED=1: about 3 h, estimated).
 # Every stage synthesises training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 / EPOCHS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
