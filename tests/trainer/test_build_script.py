@@ -35,10 +35,10 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     got = _schedule(tmp_path)
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "1", "bf16": "1"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "1", "bf16": "0"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -106,8 +106,8 @@ def _training(calls: list[str], work: str) -> str:
 
 
 def test_bf16_schedule_pairs_the_three_chains_one_thread_each(tmp_path: Path) -> None:
-    """The shipped composition (DISTILLED=1): dead-leaves, textured and distilled chains; no recipe network."""
-    calls = _run_with_stubs(tmp_path, bf16="1")
+    """DEADLEAVES=1 (shipped until 2026-12-05 evening): dead-leaves, textured and distilled chains; no recipe network."""
+    calls = _run_with_stubs(tmp_path, bf16="1", DEADLEAVES="1")
     w = str(tmp_path / "work")
     assert not any(f"--work {w}/ship " in c or f"--work {w}/ship2 " in c for c in calls if "--prepare-only" not in c)
     for work in ("dl1", "dl2", "tdl1", "tdl2", "ddl1", "ddl2"):   # every network trains beside another, on one thread
@@ -123,13 +123,13 @@ def test_bf16_schedule_pairs_the_three_chains_one_thread_each(tmp_path: Path) ->
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:5] == [f"{w}/dl2/model", f"{w}/tdl2/model", f"{w}/ddl2/model"]
     # run again on the same folder: every network exists, so only the merge and its evaluations run
-    again = _run_with_stubs(tmp_path, bf16="1")
+    again = _run_with_stubs(tmp_path, bf16="1", DEADLEAVES="1")
     assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
 
 
-def test_two_network_composition_pairs_the_textured_and_distilled_chains(tmp_path: Path) -> None:
-    """DEADLEAVES=0: no dead-leaves chain; the textured chain beside the distilled chain, one thread each."""
-    calls = _run_with_stubs(tmp_path, bf16="1", DEADLEAVES="0")
+def test_default_builds_the_textured_and_distilled_pair(tmp_path: Path) -> None:
+    """The shipped composition (DEADLEAVES=0): no dead-leaves chain; the textured chain beside the distilled chain."""
+    calls = _run_with_stubs(tmp_path, bf16="1")
     w = str(tmp_path / "work")
     assert not any(f"{w}/dl" in c or "pretrained.pt" in c for c in calls)
     for work in ("tdl1", "tdl2", "ddl1", "ddl2"):
@@ -142,7 +142,7 @@ def test_two_network_composition_pairs_the_textured_and_distilled_chains(tmp_pat
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:5] == [f"{w}/tdl2/model", f"{w}/ddl2/model", "--dataset"]
     # one after the other where the CPU has no bfloat16, on all cores
-    seq = _run_with_stubs(tmp_path / "f32", bf16="0", DEADLEAVES="0")
+    seq = _run_with_stubs(tmp_path / "f32", bf16="0")
     w32 = str(tmp_path / "f32" / "work")
     order = [next(c for c in seq if f"--work {w32}/{d} " in c) for d in ("tdl1", "tdl2", "ddl1", "ddl2")]
     assert [seq.index(c) for c in order] == sorted(seq.index(c) for c in order)
