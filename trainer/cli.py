@@ -154,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: the trainer's 0.001)")
     sp.add_argument("--synth-seed", type=int, default=0,
                     help="seed of the synthesis (the split by group is always the same)")
+    sp.add_argument("--train-seed", type=int, default=0,
+                    help="seed of the training run (weight init, batch order, augmentation); the dataset is unchanged")
     sp.add_argument("--mix", action="append", default=[], metavar="KIND=N",
                     help="training examples of one synthesis kind, overriding the recipe (repeatable)")
     sp.add_argument("--reducing-gap", default=str(TRAIN_REDUCING_GAP),

@@ -274,6 +274,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     kw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours,
                           "patience": max(10, args.epochs // 3) if patience is None else patience}
     kw["precision"] = getattr(args, "precision", "auto")
+    kw["seed"] = getattr(args, "train_seed", 0)
     if args.threads:
         kw["threads"] = args.threads
     if getattr(args, "lr0", None):
@@ -293,7 +294,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
 
         dkw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours or None, "dense_weight": dense_weight,
                                "patience": kw["patience"]}
-        for key in ("threads", "lr0", "precision"):
+        for key in ("threads", "lr0", "precision", "seed"):
             if key in kw:
                 dkw[key] = kw[key]
         if weights is not None:

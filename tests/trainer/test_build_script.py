@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI
 REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
-          "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DEADLEAVES")
+          "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DEADLEAVES", "CHAINS")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -147,6 +147,35 @@ def test_default_builds_the_textured_and_distilled_pair(tmp_path: Path) -> None:
     order = [next(c for c in seq if f"--work {w32}/{d} " in c) for d in ("tdl1", "tdl2", "ddl1", "ddl2")]
     assert [seq.index(c) for c in order] == sorted(seq.index(c) for c in order)
     assert not any("--threads" in c for c in order)
+
+
+def test_chains_choose_the_members_and_their_training_seeds(tmp_path: Path) -> None:
+    """CHAINS=START:SEED ...: seed 0 is the default chain's folder; another seed trains apart with --train-seed."""
+    calls = _run_with_stubs(tmp_path, bf16="1", CHAINS="textured:0 distilled:1 distilled:0")
+    w = str(tmp_path / "work")
+    for work in ("tdl1", "tdl2", "ddl1", "ddl2"):
+        assert "--train-seed" not in _training(calls, f"{w}/{work}")
+    for work in ("ddl1-s1", "ddl2-s1"):
+        assert _training(calls, f"{w}/{work}").endswith("--train-seed 1 --threads 1")
+    assert f"--weights {w}/pretrain/distilled.pt " in _training(calls, f"{w}/ddl1-s1")
+    assert f"--weights {w}/ddl1-s1/runs/train/weights/best.pt " in _training(calls, f"{w}/ddl2-s1")
+    # two lanes: chains 1 and 3 in one, chain 2 in the other
+    assert "running textured+distilled and distilled-s1 side by side" in (tmp_path / "work" / "build.log").read_text()
+    merge = next(c for c in calls if c.startswith("ensemble "))
+    assert merge.split()[2:6] == [f"{w}/tdl2/model", f"{w}/ddl2-s1/model", f"{w}/ddl2/model", "--dataset"]
+    # float32: one chain after the other, on all cores
+    seq = _run_with_stubs(tmp_path / "f32", bf16="0", CHAINS="distilled:2")
+    w32 = str(tmp_path / "f32" / "work")
+    assert [c.split()[0] for c in seq if " --work " in c and "--prepare-only" not in c] == ["shipped", "shipped"]
+    assert _training(seq, f"{w32}/ddl2-s2").endswith("--train-seed 2")
+    assert not any(f"{w32}/tdl" in c for c in seq)
+
+
+@pytest.mark.parametrize("chains", ["textured", "sharp:0", "distilled:x", " "])
+def test_chains_refuses_what_it_cannot_build(tmp_path: Path, chains: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as err:   # refused before any work
+        _run_with_stubs(tmp_path, bf16="1", CHAINS=chains)
+    assert "CHAINS" in err.value.stderr and not (tmp_path / "calls.log").exists()
 
 
 def test_distilled_start_is_made_afresh_only_from_a_teacher_file(tmp_path: Path) -> None:

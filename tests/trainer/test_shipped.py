@@ -176,7 +176,7 @@ def test_shipped_checks_its_options_before_touching_the_work_folder(tmp_path: Pa
 
 @pytest.mark.usefixtures("_keep_signal_handlers")
 @pytest.mark.parametrize("dense", [None, "0.5"])
-def test_shipped_passes_patience_and_the_dense_weight_to_its_trainer(tmp_path: Path, monkeypatch, dense) -> None:
+def test_shipped_passes_patience_seed_and_dense_weight_to_its_trainer(tmp_path: Path, monkeypatch, dense) -> None:
     import trainer.dense
     import trainer.train
     from tests.toydata import write_class_folders
@@ -196,15 +196,16 @@ def test_shipped_passes_patience_and_the_dense_weight_to_its_trainer(tmp_path: P
     monkeypatch.setattr(trainer.dense, "train_dense", fake("dense"))
     monkeypatch.setattr(trainer.train, "train_model", fake("ultralytics"))
     argv = ["shipped", "--shared", str(tmp_path), "--work", str(work), "--model-out", str(tmp_path / "m"),
-            "--resume", "--hours", "0", "--epochs", "30", "--patience", "7", "--precision", "fp32"]
+            "--resume", "--hours", "0", "--epochs", "30", "--patience", "7", "--precision", "fp32", "--train-seed", "3"]
     assert train_main([*argv, *(["--dense-weight", dense] if dense else [])]) == 1
     if dense:
         cfg = seen["dense"]
-        assert (cfg.dense_weight, cfg.patience, cfg.epochs, cfg.time_hours, cfg.precision) == (0.5, 7, 30, None, "fp32")
+        assert (cfg.dense_weight, cfg.patience, cfg.epochs, cfg.time_hours, cfg.precision, cfg.seed) == (
+            0.5, 7, 30, None, "fp32", 3)
         assert "ultralytics" not in seen
     else:
         cfg = seen["ultralytics"]
-        assert (cfg.patience, cfg.epochs, cfg.precision) == (7, 30, "fp32")
+        assert (cfg.patience, cfg.epochs, cfg.precision, cfg.seed) == (7, 30, "fp32", 3)
         assert "dense" not in seen
 
 
