@@ -233,6 +233,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="average the probabilities (mean) or the log-probabilities (geomean); default mean")
     sp.add_argument("--dataset", type=Path, help="a prepared dataset whose images check the merged graph")
 
+    sp = sub.add_parser("soup", help="one network whose weights are the average of several training runs from the "
+                        "same start (e.g. other --train-seed), BatchNorm recalibrated; checked against its runs")
+    sp.add_argument("out_dir", type=Path, help="the folder to write: best.pt and model/ (the engine's layout)")
+    sp.add_argument("runs", type=Path, nargs="+", help="the runs' best.pt checkpoints (two or more)")
+    sp.add_argument("--dataset", type=Path, required=True,
+                    help="the prepared dataset the runs trained on (calibration, check and input spec)")
+    sp.add_argument("--no-calibrate", action="store_true", help="average the BatchNorm statistics instead")
+    sp.add_argument("--threads", type=int, default=None)
+
     sp = sub.add_parser("evaluate", help="evaluate an exported model folder through the engine")
     sp.add_argument("model_dir", type=Path)
     sp.add_argument("dataset", type=Path)
@@ -484,6 +493,15 @@ def _main(argv: Sequence[str] | None) -> int:
             ens = build_ensemble(args.members, args.model_dir, args.combine, images)
             print(f"wrote {ens.model_dir}: {ens.members} members, classes {list(ens.names)}; "
                   f"parity max |dp| = {ens.max_abs_diff:.2e} on {ens.images_checked} images")
+            code = 0
+        elif args.command == "soup":
+            from trainer.soup import make_soup
+
+            soup = make_soup(args.runs, args.out_dir, args.dataset, not args.no_calibrate, args.threads)
+            runs = ", ".join(f"{t:.3f}" for t in soup.run_top1)
+            print(f"wrote {soup.export.model_dir}: the average of {soup.runs} runs; validation top-1 on "
+                  f"{soup.images_checked} images {soup.soup_top1:.3f} (runs: {runs}); parity max |dp| = "
+                  f"{soup.export.max_abs_diff:.2e}")
             code = 0
         elif args.command == "external":
             code = _cmd_external(args, rep)
