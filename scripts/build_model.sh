@@ -44,7 +44,9 @@
 # made from a crop of their photo, at least SHARE of each side; measured in MODEL_CARD.md, not the shipped recipe)
 # and SUBJECT_BG=MIN (all splits: subject defocus only from photos whose background keeps a mean sharpness of at least
 # MIN, trainer/dataset.py; 0.05 leaves out portraits on bokeh; a full rebuild with it is measured in MODEL_CARD.md:
-# no gain, not the shipped recipe). SCALE, SCALE2, REFRAME and SUBJECT_BG shape the datasets every chain trains on;
+# no gain, not the shipped recipe) and VEIL=SHARE (both stages: that share of the training examples, of every class,
+# seen through a bright veil of haze or fog, trainer/synthesis.py `veil`; measured in MODEL_CARD.md).
+# SCALE, SCALE2, REFRAME, SUBJECT_BG and VEIL shape the datasets every chain trains on;
 # HOURS, HOURS2, EPOCHS2, EPOCHS, DENSE and START only the recipe's network (DISTILLED=0 or ENSEMBLE=0).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
@@ -80,6 +82,7 @@ DENSE_ARGS=()        # DENSE=W: stage 1 with region targets of weight W (trainer
 [ -n "${DENSE:-}" ] && DENSE_ARGS=(--dense-weight "$DENSE")
 EPOCHS=${EPOCHS:-100}
 REFRAME=${REFRAME:-0}
+VEIL=${VEIL:-0}  # >0: that share of the training examples (both stages, every class) under a bright veil
 SUBJECT_BG=${SUBJECT_BG:-0}  # >0: subject defocus only from photos with a background at least that sharp (0.05 measured)
 START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
@@ -140,7 +143,7 @@ threads() { [ -n "$1" ] && echo --threads "$1"; true; }
 #      evaluation. Skipped once its model exists. (dataset1 alone: the dataset, for the chains to share.)
 dataset1() {
   [ -f "$WORK/ship/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" \
-    --model-out "$WORK/ship/model" --mask-dir "$WORK/masks" --scale "$SCALE" --train-floor visible --reframe "$REFRAME" \
+    --model-out "$WORK/ship/model" --mask-dir "$WORK/masks" --scale "$SCALE" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" \
     --subject-background "$SUBJECT_BG" --prepare-only
 }
 stage1() {
@@ -148,7 +151,7 @@ stage1() {
   local resume=()
   [ -f "$WORK/ship/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" \
+    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" \
     --subject-background "$SUBJECT_BG" \
     "${START_ARGS[@]}" "${DENSE_ARGS[@]}" "${resume[@]}" $(threads "$1")
 }
@@ -159,7 +162,7 @@ stage1() {
 dataset2() {
   [ -f "$WORK/ship2/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" \
     --model-out "$WORK/ship2/model" --mask-dir "$WORK/masks" --scale "$SCALE2" "${STAGE2_MIX[@]}" --train-floor visible \
-    --reframe "$REFRAME" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
+    --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
 }
 stage2() {
   [ -f "$WORK/ship2/model/blurflag.onnx" ] && return 0
@@ -167,7 +170,7 @@ stage2() {
   [ -f "$WORK/ship2/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
     --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
-    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --subject-background "$SUBJECT_BG" "${resume[@]}" \
+    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" "${resume[@]}" \
     $(threads "$1")
 }
 

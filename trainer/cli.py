@@ -168,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--reframe", type=float, default=0.0, metavar="SHARE",
                     help="training examples only: half are made from a random crop of their photo, at least SHARE of "
                          "each side, taken before any resizing (0: off)")
+    sp.add_argument("--veil", type=float, default=0.0, metavar="SHARE",
+                    help="training examples only: SHARE of them, of every class, seen through a bright veil of haze "
+                         "or fog (low contrast, every edge kept), so that low contrast is never read as blur (0: off)")
     sp.add_argument("--dense-weight", type=float, default=None, metavar="W",
                     help="train with region targets (where each example is blurred, and how; the runner's mask) as "
                          "an auxiliary loss of weight W (trainer/dense.py; 0: the same loop on labels alone)")

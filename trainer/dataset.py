@@ -78,6 +78,7 @@ class Job:
     min_strength_px: float = 0.0  # synthesis kinds: draw strengths from max(range low end, this) up
     lens_softness_px: float = 0.0  # synthesis kinds: max sigma (px at 2048) of lens_softness; 0 = none
     reframe: float = 0.0  # synthesis kinds: on REFRAME_SHARE of them, crop the photo to >= this share per side; 0 = never
+    veil: float = 0.0  # synthesis kinds: share of them seen through a bright veil (synthesis.veil); 0 = never
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,9 @@ def _synthesise(
     if job.lens_softness_px > 0:  # optics, before the overlays burned in at export
         scale = float(record.params["scale"])
         blurred, lens = synthesis.lens_softness(blurred, rng, job.lens_softness_px, scale)
+    veiled: dict[str, float] = {}
+    if job.veil > 0 and rng.random() < job.veil:  # haze in the scene, before the overlays burned in at export
+        blurred, veiled = synthesis.veil(blurred, rng)
     if rng.random() < 0.4:  # pin-sharp overlays on every class, so an overlay never means "sharp"
         blurred = synthesis.add_overlay(blurred, rng)
     jpeg, finish_params = synthesis.finish(blurred, rng)
@@ -408,7 +412,7 @@ def _synthesise(
     synth_path.parent.mkdir(parents=True, exist_ok=True)
     synth_path.write_bytes(jpeg)
     img = open_image(synth_path, spec)  # decoded exactly as the engine decodes a user's JPEG
-    params = {**record.params, **reframed, **lens, **finish_params}
+    params = {**record.params, **reframed, **lens, **veiled, **finish_params}
     return img, replace(row, strength_px=round(record.strength_px, 2), synth_file=str(synth_rel), params=json.dumps(params))
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI
 REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
-          "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DEADLEAVES", "CHAINS")
+          "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DEADLEAVES", "CHAINS")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -241,13 +241,15 @@ def test_float32_schedule_trains_one_network_at_a_time(tmp_path: Path) -> None:
     assert merge.split()[2:5] == [f"{w}/ship2/model", f"{w}/dl2/model", f"{w}/dl1/model"]
 
 
-def test_subject_background_reaches_every_dataset_the_recipe_makes(tmp_path: Path) -> None:
-    for value in ("0", "0.05"):   # the default (off), then the measured gate
-        overrides = {} if value == "0" else {"SUBJECT_BG": value}
+@pytest.mark.parametrize(("knob", "option", "setting"), [("SUBJECT_BG", "--subject-background", "0.05"),
+                                                       ("VEIL", "--veil", "0.2")])
+def test_dataset_knobs_reach_every_dataset_the_recipe_makes(tmp_path: Path, knob: str, option: str, setting: str) -> None:
+    for value in ("0", setting):   # the default (off), then the measured setting
+        overrides = {} if value == "0" else {knob: value}
         calls = _run_with_stubs(tmp_path / value, bf16="1", **overrides)
         work = tmp_path / value / "work"
         makers = [c for c in calls if c.startswith("shipped ") and "--resume" not in c.split()
                   and any(f"--work {work}/{d} " in c for d in ("ship", "ship2"))]
         assert len(makers) == 2, calls   # the stage-1 and the stage-2 dataset
         for c in makers:
-            assert f" --subject-background {value} " in c + " ", c
+            assert f" {option} {value} " in c + " ", c

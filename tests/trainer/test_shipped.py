@@ -87,6 +87,35 @@ def test_reframing_applies_to_training_jobs_only_and_never_moves_a_draw() -> Non
     assert [replace(j, reframe=0.0) for j in framed] == plain
 
 
+def test_veil_applies_to_training_jobs_only_and_never_moves_a_draw(tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from trainer.dataset import Job, make_example
+
+    plain = plan_shipped_jobs(_splits(), lambda s: True, seed=1)
+    veiled = plan_shipped_jobs(_splits(), lambda s: True, seed=1, veil=0.3)
+    assert {j.veil for j in veiled if j.split == "train"} == {0.3}
+    assert {j.veil for j in veiled if j.split != "train"} == {0.0}
+    assert [replace(j, veil=0.0) for j in veiled] == plain
+
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 450, 3), dtype=np.uint8)).save(src)
+    spec = InputSpec(size=64, resize="stretch")
+    hits = 0
+    for seed in range(16):
+        for kind, label in (("clean", SHARP), ("defocus", "defocused_blurred")):  # every class alike
+            row = make_example(Job("train", label, SourceImage(src, SHARP, "g"), kind, seed, f"{kind}{seed}.png",
+                                   veil=0.5), tmp_path / "out", spec, None)
+            assert not row.error
+            hits += "veil_t" in json.loads(row.params)
+    assert 8 <= hits <= 24  # about half of 32
+    off = make_example(Job("train", SHARP, SourceImage(src, SHARP, "g"), "clean", 3, "p.png"), tmp_path / "out", spec,
+                       None)
+    assert "veil_t" not in json.loads(off.params)
+
+
 def test_reframe_box_keeps_the_runner_whole_and_each_side_above_the_share() -> None:
     from trainer.dataset import reframe_box
 

@@ -27,6 +27,8 @@ from trainer.synthesis import (
     shake_path,
     strength_range,
     synthesize,
+    to_linear,
+    veil,
 )
 
 BLUR_KINDS = ("defocus", "shake", "linear_motion")
@@ -130,6 +132,33 @@ def test_lens_softness_is_mild_scaled_and_on_half_the_images() -> None:
     weakest = min(applied)[1]
     strongest = max(applied)[1]
     assert sharp >= weakest > strongest and sharp > strongest  # softer with sigma; a faint one may not show
+
+
+def test_veil_lowers_contrast_towards_a_bright_airlight_and_keeps_every_edge() -> None:
+    img = _texture(192, 256)
+    lin = to_linear(img)
+    gradients = set()
+    for seed in range(12):
+        out, params = veil(img, np.random.default_rng(seed))
+        assert out.shape == img.shape and out.dtype == np.uint8
+        t, level = params["veil_t"], params["veil_level"]
+        assert 0.2 <= t <= 0.7 and 0.6 <= level <= 0.95
+        gradients.add(params["veil_gradient"])
+        out_lin = to_linear(out)
+        # no blur: each row is an affine map of the input row in linear light (up to 8-bit rounding), its slope the
+        # share of the scene's light that gets through: t at the top, more further down where the veil thins
+        slopes = []
+        for y in (0, 96, 191):
+            fit = np.polyfit(lin[y, :, 2], out_lin[y, :, 2], 1)
+            assert np.abs(np.polyval(fit, lin[y, :, 2]) - out_lin[y, :, 2]).max() < 0.02
+            slopes.append(fit[0])
+        assert abs(slopes[0] - t) < 0.03
+        if params["veil_gradient"]:
+            assert slopes[0] < slopes[1] < slopes[2] <= 1.0 + 0.03
+        else:
+            assert abs(slopes[2] - t) < 0.03
+        assert out_lin.mean() > lin.mean()  # towards a bright airlight
+    assert gradients == {0.0, 1.0}  # uniform and thickening towards the top, both drawn
 
 
 def test_defocus_is_applied_in_linear_light() -> None:
