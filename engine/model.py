@@ -17,6 +17,7 @@ from engine.errors import InvalidBlurTypeError, ModelLoadError, UnreadableImageE
 from engine.paths import default_model_dir
 from engine.preprocess import (
     DEFAULT_MAX_PIXELS,
+    VEIL_GATE,
     InputSpec,
     load_model_input,
     open_image,
@@ -46,6 +47,7 @@ class EngineConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft_factor: float | None = None  # None: the model's default (see InputSpec)
     tile_check: TileCheck | None = field(default_factory=TileCheck)  # None: the whole frame only (engine.tiles)
+    veil_gate: int | None = VEIL_GATE  # lift a bright veil from views this bright at their darkest (engine.preprocess)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
     if resize not in ("stretch", "center_crop"):
         raise ModelLoadError(f"unknown resize mode {resize!r} in the ONNX metadata")
     spec_kwargs: dict[str, Any] = {"size": size, "resize": resize, "max_pixels": config.max_pixels,
-                                   "reducing_gap": _reducing_gap(metadata)}
+                                   "reducing_gap": _reducing_gap(metadata), "veil_gate": config.veil_gate}
     if config.draft_factor is not None:
         spec_kwargs["draft_factor"] = config.draft_factor
     info = ModelInfo(onnx_files[0], names, InputSpec(**spec_kwargs), metadata)
@@ -225,7 +227,10 @@ class BlurClassifier:
     @property
     def decision_rule(self) -> str:
         """How probabilities become verdicts beyond the network: results made under another rule are stale."""
-        return self.tile_check.describe() if self.tile_check is not None else "whole frame"
+        rule = self.tile_check.describe() if self.tile_check is not None else "whole frame"
+        if self.spec.veil_gate is not None:
+            rule += f"; veil lifted from views at least {self.spec.veil_gate} at their darkest 0.5%"
+        return rule
 
     def wants_tiles(self, probs: np.ndarray) -> bool:
         """Whether the whole frame's probabilities call for the quadrant check (engine.tiles)."""

@@ -10,6 +10,9 @@ The model sees an `InputSpec.size` square. Two geometric modes exist:
 JPEGs are decoded at a reduced DCT scale (libjpeg "draft" mode) when the decoded short side still
 covers ``draft_factor`` times the input size (``original_draft_factor`` for camera originals larger than
 ``original_side``); bench/README.md reports the measured effect.
+
+At inference, a view whose darkest pixels are far from black (a bright veil of haze, mist, fog or backlit glare
+over the scene) has that veil lifted before the network sees it (`lift_veil`, `InputSpec.veil_gate`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ _BACKGROUND = (128, 128, 128)  # transparent pixels become neutral grey: no fake
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_MAX_PIXELS)
 
 
+#: Veil lift (engine default, `InputSpec.veil_gate`): a view whose 0.5th percentile, in every channel, is at least
+#: this 8-bit sRGB value (linear 0.06) is seen through a veil. MODEL_CARD.md ("Haze and fog") measures it: 3 of the 798
+#: shared photos and 5 of 119 real photos from outside them are that bright at their darkest.
+VEIL_GATE = 69
+#: Share of a view's pixels allowed below its black point.
+_VEIL_PERCENTILE = 0.005
+
 #: The reducing gap BlurFlag trains new models with. Measured (bench/throughput.py --draft-check): it moved a model
 #: trained without it by at most 0.024 on the shared race photos, and it cuts the 2048-px resize from 19 to 6 ms.
 TRAIN_REDUCING_GAP = 3.0
@@ -62,6 +72,9 @@ class InputSpec:
     # times the target size. None: the filter over the whole decoded image (slower; what older models saw).
     # Models record the value they were trained with (ONNX metadata "blurflag_reducing_gap").
     reducing_gap: float | None = None
+    # At inference (preprocess), lift a veil from views whose darkest pixels reach this sRGB value (lift_veil);
+    # None: never (what dataset preparation writes, and the network alone).
+    veil_gate: int | None = None
 
     @property
     def filter(self) -> Image.Resampling:
@@ -205,9 +218,60 @@ def to_tensor(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
+def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    v = v / 255.0
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb8(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    v = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+    return np.clip(np.round(v * 255.0), 0, 255).astype(np.uint8)
+
+
+_LINEAR = _srgb_to_linear(np.arange(256, dtype=np.float64))
+
+
+def veil_black_point(img: Image.Image) -> np.ndarray:
+    """Per channel, the 8-bit value below which 0.5% of the image's pixels lie."""
+    arr = np.asarray(img, dtype=np.uint8).reshape(-1, 3)
+    limit = _VEIL_PERCENTILE * arr.shape[0]
+    out = np.empty(3, dtype=np.int64)
+    for c in range(3):
+        cum = np.cumsum(np.bincount(arr[:, c], minlength=256))
+        out[c] = int(np.searchsorted(cum, limit, side="right"))
+    return out
+
+
+def lift_veil(img: Image.Image, black: np.ndarray) -> Image.Image:
+    """`img` with a bright veil lifted: each channel's `black` point (veil_black_point) taken back to black.
+
+    A veil adds light to the whole scene, x -> t * x + A * (1 - t) in linear light: contrast falls, every edge stays.
+    The network, trained on clear air, reads such a frame as motion-blurred (MODEL_CARD.md, "Haze and fog"), so
+    each channel is mapped (x - b) / (1 - b) in linear light: the exact inverse of a uniform veil up to its
+    transmission t, which only darkens. Blur is kept as it is.
+    """
+    lut: list[int] = []
+    for b in black:  # one 256-entry table per channel, as Image.point takes them
+        lo = _LINEAR[min(int(b), 254)]
+        lut.extend(_linear_to_srgb8((_LINEAR - lo) / (1.0 - lo)).tolist())
+    return img.point(lut)
+
+
 def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
-    """An already decoded RGB image to one model input (3xSxS float32)."""
-    return to_tensor(to_model_image(img, spec))
+    """An already decoded RGB image to one model input (3xSxS float32).
+
+    With `spec.veil_gate`, a view whose black point (veil_black_point of the model-sized view) reaches the gate in
+    every channel is made again from the decoded image with its veil lifted (lift_veil): lifting the 8-bit model-sized
+    view instead would stretch its few remaining levels into steps, which cost a third of the defocus found under
+    thick veils (MODEL_CARD.md, "Haze and fog").
+    """
+    model_image = to_model_image(img, spec)
+    if spec.veil_gate is not None:
+        black = veil_black_point(model_image)
+        if int(black.min()) >= spec.veil_gate:
+            model_image = to_model_image(lift_veil(img, black), spec)
+    return to_tensor(model_image)
 
 
 def load_model_input(path: str | os.PathLike[str], spec: InputSpec) -> np.ndarray:

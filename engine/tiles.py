@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from engine.preprocess import InputSpec, to_model_image, to_tensor
+from engine.preprocess import InputSpec, preprocess
 
 #: The classes a quadrant view may raise: blur that covers the whole frame.
 WHOLE_FRAME_BLURS: tuple[str, ...] = ("defocused_blurred", "motion_blurred")
@@ -86,7 +86,7 @@ class TileCheck:
 
     def inputs(self, image: Image.Image, spec: InputSpec) -> np.ndarray:
         """The tiles (and centre view) of a decoded RGB image as a batch of model inputs, made like the whole frame's."""
-        return np.stack([to_tensor(to_model_image(image.crop(box), spec)) for box in self.boxes(image.size)])
+        return np.stack([preprocess(image.crop(box), spec) for box in self.boxes(image.size)])
 
     def fuse(self, whole: np.ndarray, tiles: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         """The whole frame's probabilities, each whole-frame blur raised to its smallest probability over the tiles."""

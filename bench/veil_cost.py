@@ -1,0 +1,82 @@
+"""What the engine's veil lift (engine.preprocess.lift_veil) costs per photo: preprocessing with and without it.
+
+Each photo is decoded once (as the engine decodes it), then `preprocess` runs with `veil_gate` off and on, alternating
+pass by pass, once on the photo as it is and once on a copy under a thick uniform veil (t = 0.3, airlight 0.78 in
+linear light): a clear photo pays only for the black-point histogram of its model-sized view, a veiled one also for
+the lift of the decoded image and a second resize. Medians per photo over the passes, and how many clear photos the
+gate takes for veiled (the lift is meant to be rare).
+
+    .venv/bin/python bench/veil_cost.py --images ../shared/data/race --passes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.preprocess import (  # noqa: E402
+    _LINEAR,
+    TRAIN_REDUCING_GAP,
+    VEIL_GATE,
+    InputSpec,
+    _linear_to_srgb8,
+    is_image_path,
+    open_image,
+    preprocess,
+    to_model_image,
+    veil_black_point,
+)
+
+
+def _veiled(img: Image.Image, t: float = 0.3, airlight: float = 0.78) -> Image.Image:
+    return Image.fromarray(_linear_to_srgb8(_LINEAR[np.asarray(img)] * t + airlight * (1 - t)))
+
+
+def _time(images: list[Image.Image], spec: InputSpec) -> float:
+    t0 = time.perf_counter()
+    for img in images:
+        preprocess(img, spec)
+    return (time.perf_counter() - t0) / len(images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/race",
+                    help="a folder of photos (default ../shared/data/race)")
+    ap.add_argument("--limit", type=int, default=60, help="photos to use (default 60)")
+    ap.add_argument("--passes", type=int, default=5)
+    args = ap.parse_args(argv)
+    paths = sorted(p for p in args.images.rglob("*") if p.is_file() and is_image_path(p))[: args.limit]
+    if not paths:
+        print(f"no photos under {args.images}", file=sys.stderr)
+        return 1
+    off = InputSpec(size=224, resize="stretch", reducing_gap=TRAIN_REDUCING_GAP)
+    on = replace(off, veil_gate=VEIL_GATE)
+    clear = [open_image(p, off) for p in paths]
+    veiled = [_veiled(img) for img in clear]
+    gated = sum(int(veil_black_point(to_model_image(img, on)).min()) >= VEIL_GATE for img in clear)
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.passes):
+        for set_name, images in (("clear", clear), ("veiled", veiled)):
+            for spec_name, spec in (("off", off), ("on", on)):
+                times.setdefault((set_name, spec_name), []).append(_time(images, spec))
+    sizes = statistics.median(max(img.size) for img in clear)
+    print(f"{len(paths)} photos from {args.images} (median long side as decoded {sizes:.0f} px), {args.passes} passes")
+    print(f"clear photos the gate takes for veiled: {gated}/{len(clear)}")
+    for set_name in ("clear", "veiled"):
+        a, b = (statistics.median(times[(set_name, s)]) * 1e3 for s in ("off", "on"))
+        print(f"{set_name:7s} preprocess per photo: without the lift {a:.2f} ms, with it {b:.2f} ms (x{b / a:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
