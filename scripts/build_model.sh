@@ -143,16 +143,16 @@ threads() { [ -n "$1" ] && echo --threads "$1"; true; }
 #      evaluation. Skipped once its model exists. (dataset1 alone: the dataset, for the chains to share.)
 dataset1() {
   [ -f "$WORK/ship/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" \
-    --model-out "$WORK/ship/model" --mask-dir "$WORK/masks" --scale "$SCALE" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" \
-    --subject-background "$SUBJECT_BG" --prepare-only
+    --model-out "$WORK/ship/model" --mask-dir "$WORK/masks" --scale "$SCALE" --train-floor visible --reframe "$REFRAME" \
+    --veil "$VEIL" --subject-background "$SUBJECT_BG" --prepare-only
 }
 stage1() {
   [ -f "$WORK/ship/model/blurflag.onnx" ] && return 0
   local resume=()
   [ -f "$WORK/ship/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" \
-    --subject-background "$SUBJECT_BG" \
+    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" \
+    --veil "$VEIL" --subject-background "$SUBJECT_BG" \
     "${START_ARGS[@]}" "${DENSE_ARGS[@]}" "${resume[@]}" $(threads "$1")
 }
 
@@ -170,8 +170,8 @@ stage2() {
   [ -f "$WORK/ship2/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
     --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
-    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" "${resume[@]}" \
-    $(threads "$1")
+    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" \
+    "${resume[@]}" $(threads "$1")
 }
 
 # 6. ENSEMBLE=1 (the shipped model): two more members on the same two datasets, started from dead-leaves pretraining

@@ -263,7 +263,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--evaluate", action="store_true", help="then evaluate a model on the photos")
     sp.add_argument("--model", type=Path, default=None, help="the model folder to evaluate (default: the bundled one)")
     sp.add_argument("--json", type=Path, help="with --evaluate: write the full report as JSON here")
-    sp.add_argument("--whole-frame", action="store_true", help="with --evaluate: without the quadrant check and the veil lift")
+    sp.add_argument("--whole-frame", action="store_true",
+                    help="with --evaluate: without the quadrant check and the veil lift")
 
     sp = sub.add_parser("run", help="prepare -> train -> export -> evaluate")
     sp.add_argument("source", type=Path)

@@ -247,7 +247,7 @@ def test_the_engine_lifts_the_veil_of_the_whole_frame_and_of_each_view(tmp_path:
 
 @pytest.mark.parametrize("sample", ["sharp__bus.jpg", "sharp__zidane.jpg"])
 def test_a_sharp_photo_in_thick_fog_is_not_flagged(sample: str) -> None:
-    """MODEL_CARD.md, "Haze and fog": the network alone called half the held-out race photos motion-blurred at t 0.25."""
+    """MODEL_CARD.md, "Haze and fog": the network alone flagged half the held-out race photos at t 0.25."""
     img = Image.open(Path(__file__).resolve().parents[2] / "resources/samples" / sample).convert("RGB")
     result = load_classifier().classify_image(_veiled(img, t=0.25))
     assert result.top_class == "sharp", result.classification
