@@ -23,24 +23,14 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.veil_cost import veiled  # noqa: E402
 from engine import EngineConfig, load_classifier  # noqa: E402
-from engine.preprocess import _LINEAR, _linear_to_srgb8  # noqa: E402
 from trainer.card import VISIBLE_PX  # noqa: E402
 from trainer.dataset import read_manifest  # noqa: E402
 from trainer.shipped import TEST_GROUPS, VAL_GROUPS  # noqa: E402
 
 TRANSMISSIONS = (1.0, 0.5, 0.35, 0.25)
-AIRLIGHT = 0.78
 BLUR_CLASSES = ("defocused_blurred", "defocused_object_portrait", "motion_blurred")
-
-
-def veiled(img: Image.Image, t: float, thinning: float = 0.0) -> Image.Image:
-    """`img` under a uniform veil of transmission t (thinning > 0: t + thinning at the bottom row)."""
-    if t >= 1.0:
-        return img
-    lin = _LINEAR[np.asarray(img)]
-    trans = np.minimum(1.0, t + thinning * np.linspace(0.0, 1.0, lin.shape[0])[:, None, None]) if thinning else t
-    return Image.fromarray(_linear_to_srgb8(lin * trans + AIRLIGHT * (1.0 - trans)))
 
 
 def main(argv: list[str] | None = None) -> int:

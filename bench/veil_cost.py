@@ -24,21 +24,28 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.preprocess import (  # noqa: E402
-    _LINEAR,
+    SRGB8_TO_LINEAR,
     TRAIN_REDUCING_GAP,
     VEIL_GATE,
     InputSpec,
-    _linear_to_srgb8,
     is_image_path,
+    linear_to_srgb8,
     open_image,
     preprocess,
     to_model_image,
     veil_black_point,
 )
 
+AIRLIGHT = 0.78
 
-def _veiled(img: Image.Image, t: float = 0.3, airlight: float = 0.78) -> Image.Image:
-    return Image.fromarray(_linear_to_srgb8(_LINEAR[np.asarray(img)] * t + airlight * (1 - t)))
+
+def veiled(img: Image.Image, t: float, thinning: float = 0.0) -> Image.Image:
+    """`img` under a bright veil of transmission t in linear light (thinning > 0: t + thinning at the bottom row)."""
+    if t >= 1.0:
+        return img
+    lin = SRGB8_TO_LINEAR[np.asarray(img)]
+    trans = np.minimum(1.0, t + thinning * np.linspace(0.0, 1.0, lin.shape[0])[:, None, None]) if thinning else t
+    return Image.fromarray(linear_to_srgb8(lin * trans + AIRLIGHT * (1.0 - trans)))
 
 
 def _time(images: list[Image.Image], spec: InputSpec) -> float:
@@ -62,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     off = InputSpec(size=224, resize="stretch", reducing_gap=TRAIN_REDUCING_GAP)
     on = replace(off, veil_gate=VEIL_GATE)
     clear = [open_image(p, off) for p in paths]
-    veiled = [_veiled(img) for img in clear]
+    veiled_copies = [veiled(img, 0.3) for img in clear]
     gated = sum(int(veil_black_point(to_model_image(img, on)).min()) >= VEIL_GATE for img in clear)
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.passes):
-        for set_name, images in (("clear", clear), ("veiled", veiled)):
+        for set_name, images in (("clear", clear), ("veiled", veiled_copies)):
             for spec_name, spec in (("off", off), ("on", on)):
                 times.setdefault((set_name, spec_name), []).append(_time(images, spec))
     sizes = statistics.median(max(img.size) for img in clear)

@@ -218,18 +218,21 @@ def to_tensor(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
-def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
+def srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    """8-bit sRGB values (0-255, any numeric array) to linear light in [0, 1] (the sRGB transfer function)."""
     v = v / 255.0
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
 
 
-def _linear_to_srgb8(x: np.ndarray) -> np.ndarray:
+def linear_to_srgb8(x: np.ndarray) -> np.ndarray:
+    """Linear light (clipped to [0, 1]) to 8-bit sRGB, rounded: the inverse of `srgb_to_linear`."""
     x = np.clip(x, 0.0, 1.0)
     v = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
     return np.clip(np.round(v * 255.0), 0, 255).astype(np.uint8)
 
 
-_LINEAR = _srgb_to_linear(np.arange(256, dtype=np.float64))
+#: Linear light of each 8-bit sRGB value.
+SRGB8_TO_LINEAR = srgb_to_linear(np.arange(256, dtype=np.float64))
 
 
 def veil_black_point(img: Image.Image) -> np.ndarray:
@@ -253,8 +256,8 @@ def lift_veil(img: Image.Image, black: np.ndarray) -> Image.Image:
     """
     lut: list[int] = []
     for b in black:  # one 256-entry table per channel, as Image.point takes them
-        lo = _LINEAR[min(int(b), 254)]
-        lut.extend(_linear_to_srgb8((_LINEAR - lo) / (1.0 - lo)).tolist())
+        lo = SRGB8_TO_LINEAR[min(int(b), 254)]
+        lut.extend(linear_to_srgb8((SRGB8_TO_LINEAR - lo) / (1.0 - lo)).tolist())
     return img.point(lut)
 
 

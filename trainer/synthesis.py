@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from engine.preprocess import SRGB8_TO_LINEAR, linear_to_srgb8
 from trainer.overlays import add_overlay
 
 __all__ = [
@@ -91,12 +92,8 @@ _LUT_SIZE = 16384  # linear -> sRGB table; 0.2 sRGB levels per step in the deepe
 
 
 def _build_luts() -> tuple[np.ndarray, np.ndarray]:
-    v = np.arange(256, dtype=np.float64) / 255.0
-    to_lin = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
-    x = np.arange(_LUT_SIZE, dtype=np.float64) / (_LUT_SIZE - 1)
-    srgb = np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
-    to_srgb = np.clip(np.round(srgb * 255.0), 0, 255).astype(np.uint8)
-    return to_lin.astype(np.float32), to_srgb
+    to_srgb = linear_to_srgb8(np.arange(_LUT_SIZE, dtype=np.float64) / (_LUT_SIZE - 1))
+    return SRGB8_TO_LINEAR.astype(np.float32), to_srgb
 
 
 _TO_LINEAR, _TO_SRGB = _build_luts()

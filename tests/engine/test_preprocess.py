@@ -181,9 +181,9 @@ def test_an_unidentified_file_stays_a_readable_error_under_ultralytics_patch(
 
 def _veiled(img: Image.Image, t: float = 0.3, airlight: float = 0.78) -> Image.Image:
     """`img` seen through a uniform bright veil, x -> t * x + A * (1 - t) in linear light, as an 8-bit photo."""
-    from engine.preprocess import _LINEAR, _linear_to_srgb8
+    from engine.preprocess import SRGB8_TO_LINEAR, linear_to_srgb8
 
-    return Image.fromarray(_linear_to_srgb8(_LINEAR[np.asarray(img)] * t + airlight * (1 - t)))
+    return Image.fromarray(linear_to_srgb8(SRGB8_TO_LINEAR[np.asarray(img)] * t + airlight * (1 - t)))
 
 
 def test_black_point_is_the_half_percent_darkest_per_channel() -> None:
@@ -196,7 +196,7 @@ def test_black_point_is_the_half_percent_darkest_per_channel() -> None:
 
 
 def test_a_clear_view_is_left_alone_and_a_veiled_one_gets_its_contrast_back() -> None:
-    from engine.preprocess import _LINEAR, VEIL_GATE, veil_black_point
+    from engine.preprocess import SRGB8_TO_LINEAR, VEIL_GATE, veil_black_point
 
     on = InputSpec(size=64, resize="stretch", veil_gate=VEIL_GATE)
     off = replace(on, veil_gate=None)
@@ -206,7 +206,7 @@ def test_a_clear_view_is_left_alone_and_a_veiled_one_gets_its_contrast_back() ->
 
     fog = _veiled(clear)
     assert veil_black_point(to_model_image(fog, on)).min() >= VEIL_GATE
-    lin = {name: _LINEAR[np.round(x * 255).astype(np.uint8)] for name, x in
+    lin = {name: SRGB8_TO_LINEAR[np.round(x * 255).astype(np.uint8)] for name, x in
            (("clear", preprocess(clear, off)), ("veiled", preprocess(fog, off)), ("lifted", preprocess(fog, on)))}
     assert lin["lifted"].std() > 2 * lin["veiled"].std()  # the veil's contrast loss undone, up to t
     assert lin["lifted"].min() < 0.05 < 0.4 < lin["veiled"].min()  # its black point back near black
