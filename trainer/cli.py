@@ -217,6 +217,24 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None)
     sp.add_argument("--seed", type=int, default=0)
 
+    sp = sub.add_parser("imagenet", help="fine-tune the committed ImageNet-pretrained MobileNetV2 on prepared "
+                        "datasets and export it (trainer/imagenet.py; a network of the bundled model)")
+    sp.add_argument("model_dir", type=Path, help="the model folder to write (blurflag.onnx + class_names.json)")
+    sp.add_argument("--dataset", type=Path, action="append", required=True,
+                    help="a prepared dataset whose train/ images are trained on (repeatable)")
+    sp.add_argument("--val-dataset", type=Path, required=True,
+                    help="the prepared dataset whose val/ split picks the best epoch")
+    sp.add_argument("--work", type=Path, required=True, help="work folder (checkpoints; a rerun resumes)")
+    sp.add_argument("--weights", type=Path, default=None,
+                    help="the pretrained start (default: trainer/weights/mobilenetv2_imagenet.pt)")
+    sp.add_argument("--epochs", type=int, default=6)
+    sp.add_argument("--lr", type=float, default=3e-4, help="the backbone's learning rate (the head: 10x)")
+    sp.add_argument("--batch", type=int, default=32)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests
+    _add_precision(sp)
+
     sp = sub.add_parser("train", help="fine-tune YOLOv8n-cls on a prepared dataset")
     sp.add_argument("dataset", type=Path)
     sp.add_argument("--work", type=Path, required=True, help="work folder for runs and checkpoints")
@@ -402,6 +420,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _cmd_imagenet(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> int:
+    from trainer.imagenet import DEFAULT_WEIGHTS, export, finetune
+
+    summary = finetune(args.dataset, args.val_dataset, args.work, weights=args.weights or DEFAULT_WEIGHTS,
+                       epochs=args.epochs, lr=args.lr, batch=args.batch, seed=args.seed, threads=args.threads,
+                       precision=args.precision, max_steps=args.max_steps, log=rep.log, stop=stop)
+    if summary.get("stopped"):
+        return 130
+    from engine.preprocess import is_image_path
+
+    val = sorted(p for p in (Path(args.val_dataset) / "val").glob("*/*") if is_image_path(p))[:16]
+    diff = export(Path(args.work) / "best.pt", args.model_dir, val)
+    rep.log(f"best validation top-1 {summary['best_val_top1']:.4f}; exported {args.model_dir} "
+            f"(ONNX/PyTorch max |dp| {diff:.1e} on {len(val)} validation images)")
+    return 0
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     rep = Reporter(getattr(args, "events", False), sys.stdout)
@@ -431,6 +466,8 @@ def _main(argv: Sequence[str] | None) -> int:
             distill(args.teacher, args.weights, args.dataset, args.out, args.hours, rep.log, stop, scale=args.scale,
                     seed=args.seed, threads=args.threads)
             code = 130 if stop.is_set() else 0
+        elif args.command == "imagenet":
+            code = _cmd_imagenet(args, rep, stop)
         elif args.command == "compare":
             from trainer.card import compare_evaluations
 

