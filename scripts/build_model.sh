@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Rebuild the bundled model from ../shared/data on a 2-core CPU machine (see models/MODEL_CARD.md): networks merged
-# into one ONNX graph that averages their probabilities. Since 2026-12-06 (CHAINS="imagenet:0 imagenet:1", the
-# default) they are two fine-tunings of the committed ImageNet-pretrained MobileNetV2 (trainer/weights/README.md,
+# into one ONNX graph that averages their probabilities. Since 2026-12-06 (CHAINS="imagenet:0 textured:0 imagenet:1",
+# the default) they are two fine-tunings of the committed ImageNet-pretrained MobileNetV2 (trainer/weights/README.md,
 # `blurflag-train imagenet`), training seeds 0 and 1, 6 epochs each on the training images of the recipe's two
 # datasets (stage 1: the recipe's split and synthesis; stage 2: a fresh synthesis draw of the same split, synthesis
-# seed 1, more sharp examples and more motion), each the best epoch by stage 2's validation top-1.
+# seed 1, more sharp examples and more motion), each the best epoch by stage 2's validation top-1, and the textured
+# YOLOv8n-cls chain below (the network a user's retraining from the bundled model continues from).
 # From 2026-12-05 evening to 2026-12-06 (CHAINS="textured:0 distilled:0") they were two YOLOv8n-cls chains of two
 # stages each, on the same two datasets:
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
 #   - the distilled chain: from the committed distilled weights (DIST_WEIGHTS: the textured weights taught a COCO
 #     detector's features, `blurflag-train distill`; trainer/weights/README.md), 33 epochs, then at most 31.
-# CHAINS="START:SEEDS ..." (default "imagenet:0 imagenet:1") lists the members: START textured or distilled, SEEDS the
+# CHAINS="START:SEEDS ..." (default "imagenet:0 textured:0 imagenet:1") lists the members: START textured or distilled, SEEDS the
 # chain's training seed (`blurflag-train shipped --train-seed`: weight init, batch order, augmentation; the datasets
 # stay the same), or several seeds joined by commas: one chain per seed, and the member is their weight average
 # (`blurflag-train soup`); or imagenet:SEED (one seed), a MobileNetV2 fine-tuning (step 6e; IMAGENET_EPOCHS, default
@@ -103,9 +104,10 @@ DIST_WEIGHTS=${DIST_WEIGHTS-trainer/weights/distilled_yolov8n_cls.pt}  # the dis
 DEADLEAVES=${DEADLEAVES:-0}  # DISTILLED=1: 0: textured + distilled (shipped since 2026-12-05 evening); 1: + the dead-leaves chain
 # DISTILLED=1 DEADLEAVES=0: the members, START:SEEDS each (START textured or distilled; SEEDS one training seed, or
 # several joined by commas: their chains' weight average; or imagenet:SEED, one MobileNetV2 fine-tuning). The default
-# since 2026-12-06: two ImageNet MobileNetV2 fine-tunings, seeds 0 and 1; "textured:0 distilled:0" is the pair of
+# since 2026-12-06: two ImageNet MobileNetV2 fine-tunings (seeds 0 and 1) and the textured YOLOv8n-cls chain, in
+# that order so that the two lanes take the two fine-tunings and the chain; "textured:0 distilled:0" is the pair of
 # YOLOv8n-cls chains shipped from 2026-12-05 evening to 2026-12-06.
-CHAINS=${CHAINS:-imagenet:0 imagenet:1}
+CHAINS=${CHAINS:-imagenet:0 textured:0 imagenet:1}
 read -ra MEMBER_LIST <<< "$CHAINS"
 CHAIN_LIST=()   # every chain to train, START:SEED, once each, in the order given
 for m in "${MEMBER_LIST[@]}"; do

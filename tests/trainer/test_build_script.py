@@ -130,21 +130,24 @@ def test_bf16_schedule_pairs_the_three_chains_one_thread_each(tmp_path: Path) ->
     assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
 
 
-def test_default_builds_two_imagenet_fine_tunings_side_by_side(tmp_path: Path) -> None:
-    """The shipped composition since 2026-12-06: seeds 0 and 1 of the ImageNet MobileNetV2 fine-tuning, one lane each,
-    merged; no YOLOv8n-cls chain is trained."""
+def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_path: Path) -> None:
+    """The shipped composition since 2026-12-06: seeds 0 and 1 of the ImageNet MobileNetV2 fine-tuning in one lane,
+    the textured YOLOv8n-cls chain in the other, one thread each; merged in that order; no distilled chain."""
     calls = _run_with_stubs(tmp_path, bf16="1")
     w = str(tmp_path / "work")
-    assert not any(c.startswith("shipped ") and "--prepare-only" not in c for c in calls)
     runs = [c for c in calls if c.startswith("imagenet ")]
-    assert {r.split()[1] for r in runs} == {f"{w}/in/model", f"{w}/in-s1/model"}   # (two lanes at once)
+    assert [r.split()[1] for r in runs] == [f"{w}/in/model", f"{w}/in-s1/model"]   # one lane: in order
     assert all(r.endswith("--epochs 6 --threads 1") for r in runs)
-    assert "running imagenet and imagenet-s1 side by side" in (tmp_path / "work" / "build.log").read_text()
+    for work in ("tdl1", "tdl2"):
+        assert _training(calls, f"{w}/{work}").endswith("--threads 1")
+    assert not any(f"{w}/ddl" in c or c.startswith("distill ") for c in calls)
+    assert "running imagenet+imagenet-s1 and textured side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:5] == [f"{w}/in/model", f"{w}/in-s1/model", "--dataset"]
+    assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s1/model", "--dataset"]
     # where the CPU has no bfloat16: one after the other, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0")
     assert [c.split()[-1] for c in seq if c.startswith("imagenet ")] == ["6", "6"]
+    assert not any("--threads" in c for c in seq if " --work " in c)
 
 
 def test_the_textured_and_distilled_pair_builds_as_before(tmp_path: Path) -> None:

@@ -87,6 +87,12 @@ def test_finetuning_resumes_after_an_interruption_and_exports_an_engine_model(da
     assert result.error is None and result.classification is not None
     probs = np.array(list(result.classification.probabilities.values()))
     assert probs.shape == (4,) and abs(probs.sum() - 1) < 1e-4
+    # any input size runs (a retraining at another imgsz calibrates through the bundled graph at that size)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "blurflag.onnx"), providers=["CPUExecutionProvider"])
+    small = session.run(None, {"images": np.random.default_rng(0).random((2, 3, 64, 96), dtype=np.float32)})[0]
+    assert small.shape == (2, 4) and np.allclose(small.sum(1), 1, atol=1e-4)
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(dataset: Path, tmp_path: Path) -> None:
@@ -96,3 +102,25 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(dataset: Path, tmp_path: 
     finetune([dataset], dataset, work, epochs=1, batch=4, threads=1, max_steps=1, log=lambda _m: None)
     with pytest.raises(ValueError, match="another run"):
         finetune([dataset], dataset, work, epochs=1, batch=8, threads=1, log=lambda _m: None)
+
+
+def test_a_yolov8n_start_is_taken_from_an_ensemble_only_where_it_has_one(dataset: Path, tmp_path: Path,
+                                                                        ultralytics_env: None) -> None:
+    """A MobileNetV2 member is no YOLOv8n-cls start: the importer takes an ensemble's first YOLOv8n member (the
+    bundled model's textured network) and refuses an ensemble of MobileNetV2 networks alone."""
+    import torch
+
+    from trainer.backbone import import_backbone, pick_calibration_images
+    from trainer.ensemble import build_ensemble
+    from trainer.imagenet import build_network, export
+
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        torch.save(build_network(4).state_dict(), tmp_path / f"{name}.pt")
+        export(tmp_path / f"{name}.pt", tmp_path / name)
+    build_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
+    images = pick_calibration_images(dataset, 4)
+    spec = InputSpec(size=224, resize="stretch")
+    with pytest.raises(ValueError, match="without a YOLOv8n network"):
+        import_backbone(tmp_path / "ab" / "blurflag.onnx", tmp_path / "start.pt", images, spec)
+    assert not (tmp_path / "start.pt").exists()
