@@ -34,8 +34,9 @@ def _member(tmp_path: Path, name: str, bias: list[float] | None = None, **meta: 
     out.mkdir()
     shutil.copy2(MODELS / "class_names.json", out / "class_names.json")
     proto = onnx.load(str(MODELS / "blurflag.onnx"))
-    if is_ensemble(proto):  # the bundled model is itself an ensemble: one network of it
-        proto = member_model(proto, 0)
+    if is_ensemble(proto):  # the bundled model is itself an ensemble: its YOLOv8n-cls network (its head is shifted below)
+        proto = next(m for m in (member_model(proto, i) for i in range(8))
+                     if any(i.name == "model.9.linear.bias" for i in m.graph.initializer))
     if bias is not None:
         for init in proto.graph.initializer:
             if init.name == "model.9.linear.bias":
