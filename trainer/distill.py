@@ -115,6 +115,22 @@ def load_yolov5_teacher(source: Path, scale: str = "s") -> Any:
     return model.eval()
 
 
+def random_view(im: Any, rng: np.random.Generator, min_area: float) -> Any:
+    """A random horizontal flip of a CHW tensor and a crop of `min_area`-100% of its area (aspect 3:4 to 4:3), scaled
+    back to its size (antialiased bilinear)."""
+    import torch.nn.functional as F
+
+    size = im.shape[-1]
+    if rng.random() < 0.5:
+        im = im.flip(-1)
+    area, aspect = rng.uniform(min_area, 1.0), math.exp(rng.uniform(-0.29, 0.29))
+    h = int(min(size, size * math.sqrt(area / aspect)))
+    w = int(min(size, size * math.sqrt(area * aspect)))
+    y0, x0 = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    return F.interpolate(im[None, :, y0:y0 + h, x0:x0 + w], size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0]
+
+
 def training_images(datasets: Sequence[Path]) -> list[Path]:
     """The images of each prepared dataset's `train` split (never validation or test)."""
     files: list[Path] = []
@@ -187,17 +203,7 @@ def distill(teacher_source: Path, start: Path, datasets: Sequence[Path], out: Pa
         x = images[rng.choice(len(images), n, replace=n > len(images))].float() / 255
         if not augment:
             return x
-        views = []
-        for im in x:  # a random flip and a crop of 50-100% of the area, back to the input size
-            if rng.random() < 0.5:
-                im = im.flip(-1)
-            area, aspect = rng.uniform(0.5, 1.0), math.exp(rng.uniform(-0.29, 0.29))
-            h = int(min(imgsz, imgsz * math.sqrt(area / aspect)))
-            w = int(min(imgsz, imgsz * math.sqrt(area * aspect)))
-            y0, x0 = int(rng.integers(0, imgsz - h + 1)), int(rng.integers(0, imgsz - w + 1))
-            views.append(F.interpolate(im[None, :, y0:y0 + h, x0:x0 + w], size=(imgsz, imgsz), mode="bilinear",
-                                       align_corners=False, antialias=True)[0])
-        return torch.stack(views)
+        return torch.stack([random_view(im, rng, 0.5) for im in x])
 
     # Each teacher channel standardised on up to 256 images, so that every level weighs alike in the loss.
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

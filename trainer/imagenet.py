@@ -140,18 +140,12 @@ def _augment(x: Any, rng: np.random.Generator) -> Any:
     """As the YOLOv8n-cls recipe trains: a flip, a crop of 90-100% of the area back to the input size (it softens a
     little, which the recipe measured to help), brightness and saturation jitter (hsv_v 0.3, hsv_s 0.4)."""
     import torch
-    import torch.nn.functional as F
+
+    from trainer.distill import random_view
 
     out = []
     for im in x:
-        if rng.random() < 0.5:
-            im = im.flip(-1)
-        area, aspect = rng.uniform(0.9, 1.0), math.exp(rng.uniform(-0.29, 0.29))
-        h = int(min(IMGSZ, IMGSZ * math.sqrt(area / aspect)))
-        w = int(min(IMGSZ, IMGSZ * math.sqrt(area * aspect)))
-        y0, x0 = int(rng.integers(0, IMGSZ - h + 1)), int(rng.integers(0, IMGSZ - w + 1))
-        im = F.interpolate(im[None, :, y0:y0 + h, x0:x0 + w], size=(IMGSZ, IMGSZ), mode="bilinear",
-                           align_corners=False, antialias=True)[0]
+        im = random_view(im, rng, 0.9)
         value, saturation = 1 + rng.uniform(-0.3, 0.3), 1 + rng.uniform(-0.4, 0.4)
         grey = im.mean(0, keepdim=True)
         out.append(((grey + (im - grey) * saturation) * value).clamp(0, 1))
