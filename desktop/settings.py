@@ -67,6 +67,7 @@ TRAIN_IMGSZ: Option[int] = _declare("trainer/imgsz", 224)
 TRAIN_BATCH: Option[int] = _declare("trainer/batch", 32)
 TRAIN_SYNTH: Option[int] = _declare("trainer/synth_per_class", 0, "synthesised examples per class (0: none)")
 TRAIN_OVERRIDES: Option[bool] = _declare("trainer/include_overrides", True, "add my overrides as examples")
+TRAIN_NETWORK: Option[str] = _declare("trainer/network", "yolov8n-cls", "network to train (yolov8n-cls or mobilenetv2)")
 TRAIN_WEIGHTS: Option[str] = _declare("trainer/weights", "", "starting weights (.pt or .onnx); '' lets the trainer choose")
 # Window state (kept apart from preferences).
 GEOMETRY: Option[bytes] = _declare("window/geometry", b"")

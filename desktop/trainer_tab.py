@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, QPointF, QProcess, QProcessEnvironment, QRec
 from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPaintEvent, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -44,6 +45,12 @@ from engine.paths import IS_FROZEN, bundle_root, default_model_dir
 EXIT_CANCELLED = 130
 _CANCEL_GRACE_MS = 20_000  # after SIGTERM the trainer stops between batches; kill only if it hangs
 _STEP_SPAN = {"prepare": (0.0, 0.10), "train": (0.10, 0.85), "export": (0.85, 0.92), "evaluate": (0.92, 1.0)}
+#: The networks `blurflag-train run --network` trains (trainer.NETWORKS), as the form shows them, with the input size
+#: a network requires (None: any) and its usual epochs.
+NETWORKS: dict[str, tuple[str, int | None, int]] = {
+    "yolov8n-cls": ("YOLOv8n-cls (ultralytics)", None, 20),
+    "mobilenetv2": ("MobileNetV2 (ImageNet start)", 224, 6),
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class TrainRequest:
     weights: str = ""
     synth_per_class: int = 0
     extra_examples: tuple[str, ...] = ()
+    network: str = "yolov8n-cls"
 
 
 def command_line(request: TrainRequest) -> list[str]:
@@ -67,6 +75,7 @@ def command_line(request: TrainRequest) -> list[str]:
         sys.executable, "-m", "trainer.cli", "run", request.source,
         "--work", request.work_dir, "--model-out", request.model_out,
         "--epochs", str(request.epochs), "--imgsz", str(request.imgsz), "--batch", str(request.batch),
+        "--network", request.network,
     ]  # fmt: skip
     if request.weights:
         cmd += ["--weights", request.weights]
@@ -415,6 +424,14 @@ class TrainerTab(QWidget):
         source_row = QHBoxLayout()
         source_row.addWidget(self.source_edit, 1)
         source_row.addWidget(browse)
+        self.network_combo = QComboBox()
+        for key, (label, _size, _epochs) in NETWORKS.items():
+            self.network_combo.addItem(label, key)
+        self.network_combo.setToolTip(
+            "YOLOv8n-cls trains through ultralytics at any image size. MobileNetV2 starts from ImageNet weights "
+            "(or continues from the bundled model's MobileNetV2) at 224 px and needs only a few epochs; it is the "
+            "network most of the bundled model is made of."
+        )
         self.epochs_spin = _spin(1, 500, self._settings.get(S.TRAIN_EPOCHS))
         self.imgsz_spin = _spin(32, 640, self._settings.get(S.TRAIN_IMGSZ), step=32)
         self.batch_spin = _spin(1, 256, self._settings.get(S.TRAIN_BATCH))
@@ -433,12 +450,18 @@ class TrainerTab(QWidget):
 
         form = QFormLayout()
         form.addRow("Training photos:", source_row)
+        form.addRow("Network:", self.network_combo)
         form.addRow("Epochs:", self.epochs_spin)
         form.addRow("Image size:", self.imgsz_spin)
         form.addRow("Batch:", self.batch_spin)
         form.addRow("Synthetic per blur type:", self.synth_spin)
         form.addRow("Start weights:", weights_row)
         form.addRow("", self.overrides_box)
+        saved = self._settings.get(S.TRAIN_NETWORK)
+        self.network_combo.setCurrentIndex(max(0, self.network_combo.findData(saved)))
+        self._network = self.network_combo.currentData()
+        self._fit_form_to_network()
+        self.network_combo.currentIndexChanged.connect(self._on_network_changed)
 
         self.start_button = QPushButton("Start training")
         self.start_button.clicked.connect(self.start_training)
@@ -518,6 +541,23 @@ class TrainerTab(QWidget):
         self.current_label.setText(f"Current model: {model_dir}" if model_dir else "Current model: bundled")
         self.bundled_button.setEnabled(model_dir is not None)
 
+    def _on_network_changed(self) -> None:
+        """Another network: its usual epochs (if the form still holds the last network's), its input size."""
+        old, new = self._network, self.network_combo.currentData()
+        self._network = new
+        if self.epochs_spin.value() == NETWORKS[old][2]:
+            self.epochs_spin.setValue(NETWORKS[new][2])
+        self._fit_form_to_network()
+
+    def _fit_form_to_network(self) -> None:
+        size = NETWORKS[self.network_combo.currentData()][1]
+        if size is not None:
+            self.imgsz_spin.setValue(size)
+        self.imgsz_spin.setEnabled(size is None)
+        self.imgsz_spin.setToolTip(f"This network trains at {size} px" if size is not None else "")
+        start = "ImageNet weights" if self.network_combo.currentData() == "mobilenetv2" else "from scratch"
+        self.weights_edit.setPlaceholderText(f"optional .pt or .onnx to start from; empty: {start}")
+
     def _start_from_bundled_model(self) -> None:
         self.weights_edit.setText(str(default_model_dir() / "blurflag.onnx"))
 
@@ -556,6 +596,7 @@ class TrainerTab(QWidget):
             weights=self.weights_edit.text().strip(),
             synth_per_class=self.synth_spin.value(),
             extra_examples=extra,
+            network=self.network_combo.currentData(),
         )
 
     def start_training(self) -> bool:
@@ -598,6 +639,7 @@ class TrainerTab(QWidget):
         s.set(S.TRAIN_SYNTH, self.synth_spin.value())
         s.set(S.TRAIN_OVERRIDES, self.overrides_box.isChecked())
         s.set(S.TRAIN_WEIGHTS, self.weights_edit.text().strip())
+        s.set(S.TRAIN_NETWORK, self.network_combo.currentData())
 
     def _use_trained(self) -> None:
         if self.state.model_dir:

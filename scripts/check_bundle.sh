@@ -174,6 +174,15 @@ if [ -n "$TRAINER" ]; then
   "${OFFLINE[@]}" "$APP/blurflag" classify "$WORK/toy/sharp" --model "$WORK/model" --json > "$WORK/classify.log" \
     || fail "the frozen CLI cannot classify with the trained model"
   echo "trained $(grep -c '"event": "epoch"' "$WORK/train.log") epochs offline; frozen CLI classified $(wc -l < "$WORK/classify.log") photos with it"
+  # The MobileNetV2 network from its ImageNet start, which the trainer wheel carries (pyproject.toml package-data).
+  "${OFFLINE[@]}" "$APP/blurflag-train" "${TRAINER_ARGS[@]}" run "$WORK/toy" --work "$WORK/train-mn" \
+    --model-out "$WORK/model-mn" --network mobilenetv2 --epochs 1 --batch 8 --workers 1 --events \
+    > "$WORK/train-mn.log" 2> "$WORK/train-mn.err" \
+    || { tail -30 "$WORK/train-mn.err"; tail -3 "$WORK/train-mn.log"; fail "MobileNetV2 training through blurflag-train"; }
+  grep -q '"event": "epoch"' "$WORK/train-mn.log" || fail "no epoch events from the MobileNetV2 training"
+  "${OFFLINE[@]}" "$APP/blurflag" classify "$WORK/toy/sharp" --model "$WORK/model-mn" --json > "$WORK/classify-mn.log" \
+    || fail "the frozen CLI cannot classify with the trained MobileNetV2"
+  echo "trained MobileNetV2 from its ImageNet start offline; frozen CLI classified $(wc -l < "$WORK/classify-mn.log") photos with it"
 fi
 
 echo "check_bundle: all checks passed (bundle $SIZE_MB MB, first window offscreen $OFFSCREEN_S s)"

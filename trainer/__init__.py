@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 
+#: The networks `blurflag-train run --network` trains: YOLOv8n-cls through ultralytics, or the ImageNet-pretrained
+#: MobileNetV2 of trainer/imagenet.py (the bundled model's two MobileNetV2 networks were trained that way).
+NETWORKS: tuple[str, ...] = ("yolov8n-cls", "mobilenetv2")
+
 ENABLE_HINT = "Training needs the train extra: pip install -e '.[train]' (torch, ultralytics)."
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.preprocess import TRAIN_REDUCING_GAP, InputSpec
+from trainer import NETWORKS
 from trainer.train import PRECISIONS
 
 
@@ -226,7 +227,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="the prepared dataset whose val/ split picks the best epoch")
     sp.add_argument("--work", type=Path, required=True, help="work folder (checkpoints; a rerun resumes)")
     sp.add_argument("--weights", type=Path, default=None,
-                    help="the pretrained start (default: trainer/weights/mobilenetv2_imagenet.pt)")
+                    help="the start: a MobileNetV2 state dict (default: trainer/weights/mobilenetv2_imagenet.pt) "
+                         "or a BlurFlag MobileNetV2 ONNX, e.g. the bundled model (its first MobileNetV2, head "
+                         "included, batch-norm statistics frozen)")
     sp.add_argument("--epochs", type=int, default=6)
     sp.add_argument("--lr", type=float, default=3e-4, help="the backbone's learning rate (the head: 10x)")
     sp.add_argument("--batch", type=int, default=32)
@@ -294,6 +297,12 @@ def _parser() -> argparse.ArgumentParser:
     add_prepare_opts(sp)
     add_train_opts(sp)
     sp.add_argument("--synth-per-class", type=int, default=0, help="N synthetic examples for every blur class")
+    sp.add_argument("--network", choices=NETWORKS, default="yolov8n-cls",
+                    help="yolov8n-cls (ultralytics; --weights: a YOLOv8n-cls .pt or a YOLOv8n .pt/ONNX, default "
+                         "yolov8n-cls.yaml) or mobilenetv2 (trainer/imagenet.py, 224 px, stretch; --weights: a "
+                         "MobileNetV2 state dict or a BlurFlag MobileNetV2 ONNX such as the bundled model, default "
+                         "the committed ImageNet weights; --epochs default 6; no early stopping)")
+    sp.set_defaults(epochs=None)  # the network's own default (100 with early stopping, or 6)
     return p
 
 
@@ -337,6 +346,17 @@ def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> 
     from trainer.export import export_onnx
     from trainer.train import EpochStats, train_model
 
+    mobilenet = args.network == "mobilenetv2"
+    if mobilenet:
+        from trainer.imagenet import DEFAULT_WEIGHTS, IMGSZ
+        from trainer.imagenet import export as export_mobilenet
+        from trainer.imagenet import finetune
+
+        if args.imgsz != IMGSZ or args.resize != "stretch":
+            raise ValueError(f"the MobileNetV2 network trains at --imgsz {IMGSZ} with --resize stretch, "
+                             f"not {args.imgsz} / {args.resize}")
+    if args.epochs is None:
+        args.epochs = 6 if mobilenet else 100
     started = time.monotonic()
     work = args.work.resolve()
     dataset = work / "dataset"
@@ -353,10 +373,26 @@ def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> 
         rep.emit("epoch", epoch=s.epoch, epochs=s.epochs, loss=s.loss, top1=s.top1, val_loss=s.val_loss)
 
     rep.emit("step", step="train", index=2, total=4)
-    best = train_model(dataset, work, _train_config(args), args.weights, on_epoch=on_epoch, log=rep.log, stop_event=stop)
-    rep.emit("step", step="export", index=3, total=4)
-    report = export_onnx(best, args.model_out, _spec(args), _parity_images(dataset))
-    rep.log(f"exported {report.model_dir} (parity max |dp| = {report.max_abs_diff:.2e} on {report.images_checked} images)")
+    if mobilenet:
+        def on_mobilenet_epoch(h: dict[str, Any]) -> None:
+            rep.emit("epoch", epoch=h["epoch"], epochs=args.epochs, loss=h["loss"], top1=h["val_top1"], val_loss=None)
+
+        summary = finetune([dataset], dataset, work / "mobilenetv2", weights=args.weights or DEFAULT_WEIGHTS,
+                           epochs=args.epochs, batch=args.batch, seed=args.seed, threads=args.threads,
+                           precision=args.precision, log=rep.log, stop=stop, on_epoch=on_mobilenet_epoch)
+        if summary.get("stopped"):
+            return 130
+        rep.emit("step", step="export", index=3, total=4)
+        images = _parity_images(dataset)
+        diff = export_mobilenet(work / "mobilenetv2" / "best.pt", args.model_out, images)
+        rep.log(f"exported {args.model_out} (parity max |dp| = {diff:.2e} on {len(images)} images)")
+    else:
+        best = train_model(dataset, work, _train_config(args), args.weights, on_epoch=on_epoch, log=rep.log,
+                           stop_event=stop)
+        rep.emit("step", step="export", index=3, total=4)
+        report = export_onnx(best, args.model_out, _spec(args), _parity_images(dataset))
+        rep.log(f"exported {report.model_dir} (parity max |dp| = {report.max_abs_diff:.2e} on "
+                f"{report.images_checked} images)")
     rep.emit("step", step="evaluate", index=4, total=4)
     ev = evaluate(args.model_out, dataset, "val")
     write_report(ev, Path(args.model_out) / "evaluation.json")

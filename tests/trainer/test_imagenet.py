@@ -124,3 +124,114 @@ def test_a_yolov8n_start_is_taken_from_an_ensemble_only_where_it_has_one(dataset
     with pytest.raises(ValueError, match="without a YOLOv8n network"):
         import_backbone(tmp_path / "ab" / "blurflag.onnx", tmp_path / "start.pt", images, spec)
     assert not (tmp_path / "start.pt").exists()
+
+
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / "blurflag.onnx"
+
+
+def _trained_looking_network(seed: int) -> object:
+    """A MobileNetV2 whose batch norms hold statistics and affine weights far from their initial values."""
+    import torch
+
+    from trainer.imagenet import build_network
+
+    torch.manual_seed(seed)
+    net = build_network(4)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def test_an_exported_mobilenetv2_comes_back_with_its_head_and_its_function(tmp_path: Path) -> None:
+    """`onnx_start` undoes the export's batch-norm folding: the same probabilities in PyTorch, the same head."""
+    import torch
+
+    from trainer.imagenet import build_network, export, onnx_start
+
+    net = _trained_looking_network(3)
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    export(tmp_path / "a.pt", tmp_path / "a")
+    back = build_network(4)
+    back.load_state_dict(onnx_start(tmp_path / "a" / "blurflag.onnx", log=lambda _m: None))
+    back.eval()
+    x = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(back(x), 1), torch.softmax(net(x), 1), atol=1e-5)
+    assert torch.equal(back.fc.weight, net.fc.weight) and torch.equal(back.fc.bias, net.fc.bias)
+
+
+def test_the_bundled_models_first_mobilenetv2_is_a_start_and_a_yolov8n_model_is_not(tmp_path: Path) -> None:
+    import onnx
+
+    from trainer.ensemble import member_model
+    from trainer.imagenet import is_mobilenetv2, onnx_start
+
+    logs: list[str] = []
+    state = onnx_start(BUNDLED, log=logs.append)  # raises unless the weights reproduce the member's graph
+    assert "fc.weight" in state and any("member 1 of 3" in m for m in logs)
+    proto = onnx.load(str(BUNDLED))
+    yolo = next(member_model(proto, i) for i in range(3) if not is_mobilenetv2(member_model(proto, i)))
+    onnx.save(yolo, str(tmp_path / "yolo.onnx"))
+    with pytest.raises(ValueError, match="not a MobileNetV2"):
+        onnx_start(tmp_path / "yolo.onnx", log=lambda _m: None)
+
+
+def test_continuing_from_an_onnx_mobilenetv2_keeps_its_batch_norm_statistics(dataset: Path, tmp_path: Path) -> None:
+    """From an ONNX start the batch norms stay in evaluation mode: their statistics (folded into the export) are kept,
+    while the weights learn; a state-dict start trains them as usual."""
+    import torch
+
+    from trainer.imagenet import DEFAULT_WEIGHTS, export, finetune, onnx_start
+
+    net = _trained_looking_network(4)
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    export(tmp_path / "a.pt", tmp_path / "a")
+    start = onnx_start(tmp_path / "a" / "blurflag.onnx", log=lambda _m: None)
+    epochs: list[dict] = []
+    finetune([dataset], dataset, tmp_path / "w", weights=tmp_path / "a" / "blurflag.onnx", epochs=1, batch=4,
+             threads=1, log=lambda _m: None, on_epoch=epochs.append)
+    best = torch.load(tmp_path / "w" / "best.pt", map_location="cpu", weights_only=True)
+    assert [e["epoch"] for e in epochs] == [1]
+    key = "features.3.conv.1.running_var"
+    assert torch.equal(best[key], start[key])  # frozen statistics
+    assert not torch.equal(best["features.3.conv.0.weight"], start["features.3.conv.0.weight"])  # learnt weights
+    finetune([dataset], dataset, tmp_path / "w2", epochs=1, batch=4, threads=1, max_steps=1, log=lambda _m: None)
+    fresh = torch.load(tmp_path / "w2" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    imagenet = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
+    assert not torch.equal(fresh[key], imagenet[key])  # a state-dict start updates its statistics
+
+
+def test_run_trains_the_mobilenetv2_network_end_to_end(tmp_path: Path) -> None:
+    """`blurflag-train run --network mobilenetv2`: prepare, fine-tune (epoch events), export, evaluate, as the
+    trainer tab runs it; another input size is refused before anything is written."""
+    import subprocess
+    import sys
+
+    from engine.model import load_classifier
+
+    repo = Path(__file__).resolve().parents[2]
+    src = write_class_folders(tmp_path / "src", per_class=6)
+    base = [sys.executable, "-m", "trainer.cli", "run", str(src), "--work", str(tmp_path / "w"), "--model-out",
+            str(tmp_path / "m"), "--batch", "8", "--workers", "1", "--threads", "1", "--network", "mobilenetv2",
+            "--events"]
+    refused = subprocess.run([*base, "--imgsz", "64"], capture_output=True, text=True, cwd=repo, timeout=300)
+    assert refused.returncode == 1 and "trains at --imgsz 224" in refused.stdout
+    assert not (tmp_path / "w").exists()
+    proc = subprocess.run([*base, "--epochs", "2"], capture_output=True, text=True, cwd=repo, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [e["step"] for e in events if e["event"] == "step"] == ["prepare", "train", "export", "evaluate"]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [(e["epoch"], e["epochs"]) for e in epochs] == [(1, 2), (2, 2)]
+    assert all(0.0 <= e["top1"] <= 1.0 for e in epochs)
+    assert events[-1]["event"] == "done"
+    clf = load_classifier(tmp_path / "m")
+    assert clf.spec.size == 224 and clf.names == ("defocused_blurred", "defocused_object_portrait", "motion_blurred",
+                                                  "sharp")
+    report = json.loads((tmp_path / "m" / "evaluation.json").read_text())
+    assert report["count"] > 0
