@@ -137,7 +137,12 @@ def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
     from trainer.ensemble import ENSEMBLE_METADATA_KEY, is_ensemble, member_model
 
     source = Path(source)
-    proto = onnx.load(str(source))
+    try:
+        proto = onnx.load(str(source))
+    except OSError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError and kin: not an ONNX file at all
+        raise ValueError(f"{source}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
     if is_ensemble(proto):  # e.g. the bundled model: its first MobileNetV2 network
         count = len(json.loads(next(p.value for p in proto.metadata_props if p.key == ENSEMBLE_METADATA_KEY))
                     .get("members", []))

@@ -179,6 +179,9 @@ def test_the_bundled_models_first_mobilenetv2_is_a_start_and_a_yolov8n_model_is_
     onnx.save(yolo, str(tmp_path / "yolo.onnx"))
     with pytest.raises(ValueError, match="not a MobileNetV2"):
         onnx_start(tmp_path / "yolo.onnx", log=lambda _m: None)
+    (tmp_path / "broken.onnx").write_bytes(b"not an onnx file at all")
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        onnx_start(tmp_path / "broken.onnx", log=lambda _m: None)
 
 
 def test_continuing_from_an_onnx_mobilenetv2_keeps_its_batch_norm_statistics(dataset: Path, tmp_path: Path) -> None:
