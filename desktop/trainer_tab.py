@@ -75,8 +75,9 @@ def command_line(request: TrainRequest) -> list[str]:
         sys.executable, "-m", "trainer.cli", "run", request.source,
         "--work", request.work_dir, "--model-out", request.model_out,
         "--epochs", str(request.epochs), "--imgsz", str(request.imgsz), "--batch", str(request.batch),
-        "--network", request.network,
     ]  # fmt: skip
+    if request.network != "yolov8n-cls":  # the default, left out so a trainer installed before the option still runs
+        cmd += ["--network", request.network]
     if request.weights:
         cmd += ["--weights", request.weights]
     if request.synth_per_class > 0:
