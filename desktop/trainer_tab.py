@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 
 from desktop import settings as S
 from desktop.results_view import nice_name
+from engine import __version__
 from engine.paths import IS_FROZEN, bundle_root, default_model_dir
 
 EXIT_CANCELLED = 130
@@ -373,6 +374,7 @@ class TrainerTab(QWidget):
             status = trainer_env.find_trainer(settings.data_dir)
             found = status.env if status.ok else None
             availability = lambda: (status.ok, status.message)  # noqa: E731
+            self._trainer_version = status.version
             if found is not None:
                 self.process = TrainerProcess(
                     command=lambda req: found.command(command_line(req)[3:]),
@@ -417,6 +419,14 @@ class TrainerTab(QWidget):
                 "(sharp, defocused_object_portrait, defocused_blurred, motion_blurred) or the plan's layout. "
                 "Training runs in a separate process; the bundled model stays the default."
             )
+            installed = getattr(self, "_trainer_version", None)
+            if installed and installed != __version__:  # the packaged app's trainer, installed by another version
+                self.notice.setText(
+                    self.notice.text() + f"<br><b>The installed trainer is BlurFlag {installed}, this app "
+                    f"{__version__}:</b> run install-trainer.sh from this app's folder again so they match "
+                    "(newer options, such as the MobileNetV2 network, need it)."
+                )
+                self.notice.setStyleSheet("background: #fff4d6; color: #222; padding: 8px; border: 1px solid #e0c060;")
 
         self.source_edit = QLineEdit(self._settings.get(S.TRAIN_SOURCE))
         self.source_edit.setPlaceholderText("folder with class subfolders")

@@ -287,6 +287,26 @@ def test_packaged_app_trains_in_the_installed_trainer_environment(qtbot, setting
     assert "QT_PLUGIN_PATH" not in (tab.process._environment or {"QT_PLUGIN_PATH": "x"})
 
 
+@pytest.mark.parametrize("installed", ["0.0.9", None])
+def test_packaged_app_says_when_its_trainer_is_of_another_version(qtbot, settings: S.Settings, monkeypatch,
+                                                                  tmp_path: Path, installed: str | None) -> None:
+    """A trainer installed by another app version may lack newer options: the tab says to reinstall it."""
+    from desktop import trainer_tab
+    from engine import __version__, trainer_env
+
+    env = trainer_env.TrainerEnv(tmp_path / "trainer" / "bin" / "python", "installed")
+    version = installed or __version__
+    monkeypatch.setattr(trainer_tab, "IS_FROZEN", True)
+    monkeypatch.setattr(trainer_env, "find_trainer",
+                        lambda *_a, **_k: trainer_env.TrainerStatus(True, "trainer available", env, version))
+    tab = TrainerTab(settings)
+    qtbot.addWidget(tab)
+    assert tab.available
+    assert ("install-trainer.sh" in tab.notice.text()) == (installed is not None)
+    if installed:
+        assert f"BlurFlag {installed}, this app {__version__}" in tab.notice.text()
+
+
 def test_packaged_app_without_trainer_says_how_to_install(qtbot, settings: S.Settings, monkeypatch) -> None:
     from desktop import trainer_tab
     from engine import trainer_env
