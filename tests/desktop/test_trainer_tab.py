@@ -50,16 +50,7 @@ def test_the_network_choice_fits_the_form_and_is_remembered(qtbot, settings: S.S
     tab.network_combo.setCurrentIndex(tab.network_combo.findData("yolov8n-cls"))
     tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
     assert tab.epochs_spin.value() == 9
-    script = tmp_path / "fake.py"
-    script.write_text(_FAKE_ARGS)
-    tab.process._command = lambda req: [sys.executable, str(script), *command_line(req)[4:]]
-    src = tmp_path / "src"
-    src.mkdir()
-    tab.source_edit.setText(str(src))
-    with qtbot.waitSignal(tab.process.run_finished, timeout=20000):
-        assert tab.start_training()
-    line = next(x for x in tab.log.toPlainText().splitlines() if x.startswith("ARGS "))
-    args = json.loads(line[5:])
+    args = _arguments_of_a_run(qtbot, tab, tmp_path)
     assert args[args.index("--network") + 1] == "mobilenetv2" and args[args.index("--imgsz") + 1] == "224"
     assert settings.get(S.TRAIN_NETWORK) == "mobilenetv2"
     again = TrainerTab(settings, overrides=dict, availability=lambda: (True, "ok"))
@@ -242,12 +233,8 @@ print(json.dumps({"event": "done", "model_dir": sys.argv[-1]}), flush=True)
 """
 
 
-def test_overrides_become_extra_examples(qtbot, settings: S.Settings, tmp_path: Path) -> None:
-    from tests.desktop.conftest import write_jpeg
-
-    marked = write_jpeg(tmp_path / "photos" / "IMG_1.jpg", 1)
-    tab = TrainerTab(settings, overrides=lambda: {str(marked): "motion_blurred"}, availability=lambda: (True, "ok"))
-    qtbot.addWidget(tab)
+def _arguments_of_a_run(qtbot, tab: TrainerTab, tmp_path: Path) -> list[str]:
+    """Start the tab's run on an empty source folder with a fake trainer; the arguments the trainer got."""
     script = tmp_path / "fake.py"
     script.write_text(_FAKE_ARGS)
     tab.process._command = lambda req: [sys.executable, str(script), *command_line(req)[4:]]
@@ -257,11 +244,20 @@ def test_overrides_become_extra_examples(qtbot, settings: S.Settings, tmp_path: 
     with qtbot.waitSignal(tab.process.run_finished, timeout=20000):
         assert tab.start_training()
     line = next(x for x in tab.log.toPlainText().splitlines() if x.startswith("ARGS "))
-    args = json.loads(line[5:])
+    return json.loads(line[5:])
+
+
+def test_overrides_become_extra_examples(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    from tests.desktop.conftest import write_jpeg
+
+    marked = write_jpeg(tmp_path / "photos" / "IMG_1.jpg", 1)
+    tab = TrainerTab(settings, overrides=lambda: {str(marked): "motion_blurred"}, availability=lambda: (True, "ok"))
+    qtbot.addWidget(tab)
+    args = _arguments_of_a_run(qtbot, tab, tmp_path)
     extra = Path(args[args.index("--extra-examples") + 1])
     assert [p.name for p in (extra / "motion_blurred").iterdir()] == ["IMG_1.jpg"]
     assert marked.exists()
-    assert settings.get(S.TRAIN_SOURCE) == str(src)  # the form is remembered
+    assert settings.get(S.TRAIN_SOURCE) == str(tmp_path / "src")  # the form is remembered
 
 
 def test_packaged_app_trains_in_the_installed_trainer_environment(qtbot, settings: S.Settings, monkeypatch,
