@@ -381,13 +381,14 @@ else
   fi
   MEMBERS=("$WORK/ship2/model" "$WORK/dl2/model" "$THIRD")
 fi
-# 7. One ONNX graph averaging the members' probabilities (one member: its own model), evaluated like the members
+# 7. One ONNX graph averaging the members' probabilities (one member: its own model), its weights stored as float16
+#    (half the file; the graph computes in float32: MODEL_CARD.md, "Float16 storage"), evaluated like the members
 #    (stage 2's splits).
 if [ ${#MEMBERS[@]} = 1 ]; then
   mkdir -p "$WORK/final/model"
   cp "${MEMBERS[0]}/blurflag.onnx" "${MEMBERS[0]}/class_names.json" "$WORK/final/model/"
 else
-  .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" \
+  .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" --half \
     --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
 fi
 for split in val test; do

@@ -256,6 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--combine", choices=("mean", "geomean"), default="mean",
                     help="average the probabilities (mean) or the log-probabilities (geomean); default mean")
     sp.add_argument("--dataset", type=Path, help="a prepared dataset whose images check the merged graph")
+    sp.add_argument("--half", action="store_true",
+                    help="store the weights as float16 (half the file; the graph still computes in float32)")
 
     sp = sub.add_parser("soup", help="one network whose weights are the average of several training runs from the "
                         "same start (e.g. other --train-seed), BatchNorm recalibrated; checked against its runs")
@@ -567,7 +569,7 @@ def _main(argv: Sequence[str] | None) -> int:
             from trainer.ensemble import build_ensemble
 
             images = _parity_images(args.dataset) if args.dataset else []
-            ens = build_ensemble(args.members, args.model_dir, args.combine, images)
+            ens = build_ensemble(args.members, args.model_dir, args.combine, images, args.half)
             print(f"wrote {ens.model_dir}: {ens.members} members, classes {list(ens.names)}; "
                   f"parity max |dp| = {ens.max_abs_diff:.2e} on {ens.images_checked} images")
             code = 0

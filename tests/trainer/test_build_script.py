@@ -143,7 +143,8 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     assert not any(f"{w}/ddl" in c or c.startswith("distill ") for c in calls)
     assert "running imagenet+imagenet-s1 and textured side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s1/model", "--dataset"]
+    assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s1/model", "--half"]
+    assert "--dataset" in merge.split()  # the merged graph (float16-stored weights) checked on stage 2's images
     # where the CPU has no bfloat16: one after the other, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0")
     assert [c.split()[-1] for c in seq if c.startswith("imagenet ")] == ["6", "6"]
@@ -164,7 +165,7 @@ def test_the_textured_and_distilled_pair_builds_as_before(tmp_path: Path) -> Non
         assert f"--weights {w}/{first}/runs/train/weights/best.pt" in fine and " --hours 0 --epochs 31 " in fine
     assert "running textured and distilled side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:5] == [f"{w}/tdl2/model", f"{w}/ddl2/model", "--dataset"]
+    assert merge.split()[2:5] == [f"{w}/tdl2/model", f"{w}/ddl2/model", "--half"]
     # one after the other where the CPU has no bfloat16, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0", CHAINS="textured:0 distilled:0")
     w32 = str(tmp_path / "f32" / "work")
@@ -186,7 +187,7 @@ def test_chains_choose_the_members_and_their_training_seeds(tmp_path: Path) -> N
     # two lanes: chains 1 and 3 in one, chain 2 in the other
     assert "running textured+distilled and distilled-s1 side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:6] == [f"{w}/tdl2/model", f"{w}/ddl2-s1/model", f"{w}/ddl2/model", "--dataset"]
+    assert merge.split()[2:6] == [f"{w}/tdl2/model", f"{w}/ddl2-s1/model", f"{w}/ddl2/model", "--half"]
     # float32: one chain after the other, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0", CHAINS="distilled:2")
     w32 = str(tmp_path / "f32" / "work")
@@ -209,7 +210,7 @@ def test_chains_with_several_seeds_make_a_soup_member(tmp_path: Path) -> None:
     assert all(calls.index(s) > max(calls.index(_training(calls, f"{w}/{d}")) for d in trained) for s in soups)
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:6] == [f"{w}/tdl2-soup-0-1/model", f"{w}/ddl2-soup-0-2/model", f"{w}/tdl2-s1/model",
-                                  "--dataset"]
+                                  "--half"]
     log = (tmp_path / "work" / "build.log").read_text()
     assert "running textured+distilled and textured-s1+distilled-s2 side by side" in log
     # run again: every chain and soup exists, so only the merge and its evaluations run
@@ -229,7 +230,7 @@ def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: P
                     f"{w}/ship2/dataset --work {w}/in-s3 --seed 3 --epochs 6 --threads 1"}
     assert "running imagenet+imagenet-s3 and textured side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s3/model", "--dataset"]
+    assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s3/model", "--half"]
     # one member alone is the model itself (no merge); a finished run is not trained again
     one = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0")
     assert [c.split()[0] for c in one] == ["evaluate", "evaluate", "evaluate", "card"]
