@@ -81,11 +81,17 @@ def _state(pt: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_soup_averages_the_runs_and_exports_a_model_the_engine_runs(tmp_path: Path, runs) -> None:
+def test_soup_averages_the_runs_and_exports_a_model_the_engine_runs(tmp_path: Path, runs,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.soup
     from engine.model import load_classifier
     from engine.preprocess import load_model_input
     from trainer.soup import make_soup
 
+    # The toy runs are at chance (top-1 0.25 on a handful of images), so whether the soup gets one image more or less
+    # right is a coin toss (it once scored 0.0 in a full-suite run and was refused). The quality gate itself is tested
+    # with set scores in test_soup_refuses_runs_it_cannot_average; here it is opened.
+    monkeypatch.setattr(trainer.soup, "MAX_DROP", 1.0)
     dataset, tuned, _ = runs
     a, b = (_state(p) for p in tuned)
     assert any(not np.array_equal(a[k], b[k]) for k in a)   # the seeds trained two different networks
