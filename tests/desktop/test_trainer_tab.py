@@ -162,28 +162,39 @@ def test_format_metrics_lists_every_class() -> None:
     assert "Sharp" in html and "Defocused" in html and "25.0%" in html and "5.0%" in html
 
 
-@pytest.mark.slow
-def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_path: Path) -> None:
-    """The real `python -m trainer.cli run --events` subprocess, driven through the tab."""
+def _tab_for_a_real_run(qtbot, settings: S.Settings, tmp_path: Path, per_class: int) -> TrainerTab:
+    """A tab whose source is a tiny dataset of the four classes, for a run of the real trainer (the train extra)."""
     import trainer
 
     ok, why = trainer.available()
     assert ok, f"the train extra must be installed for this test: {why}"
-    src = write_class_folders(tmp_path / "src", per_class=6, size=(96, 64))
     tab = TrainerTab(settings, overrides=dict)
     qtbot.addWidget(tab)
+    tab.source_edit.setText(str(write_class_folders(tmp_path / "src", per_class=per_class, size=(96, 64))))
+    return tab
+
+
+def _finished_run(qtbot, tab: TrainerTab, timeout: int) -> str:
+    """Start the tab's run and wait for it to finish successfully; the model folder it wrote."""
+    with qtbot.waitSignal(tab.process.run_finished, timeout=timeout) as sig:
+        assert tab.start_training()
+    code, model_dir = sig.args
+    assert code == 0, tab.log.toPlainText()[-3000:]
+    return model_dir
+
+
+@pytest.mark.slow
+def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    """The real `python -m trainer.cli run --events` subprocess, driven through the tab."""
+    tab = _tab_for_a_real_run(qtbot, settings, tmp_path, per_class=6)
     tab.resize(1100, 700)
     tab.show()
-    tab.source_edit.setText(str(src))
     tab.epochs_spin.setValue(2)
     tab.imgsz_spin.setValue(32)
     tab.batch_spin.setValue(8)
     tab.start_from_bundled_button.click()  # continue from the bundled model: its four classes are the dataset's
     assert Path(tab.weights_edit.text()).is_file()
-    with qtbot.waitSignal(tab.process.run_finished, timeout=240_000) as sig:
-        assert tab.start_training()
-    code, model_dir = sig.args
-    assert code == 0, tab.log.toPlainText()[-3000:]
+    model_dir = _finished_run(qtbot, tab, timeout=240_000)
     assert "whole model of blurflag.onnx" in tab.log.toPlainText()
     assert Path(model_dir).parent == settings.user_models_dir
     assert [p["epoch"] for p in tab.plot.points()] == [1, 2]
@@ -201,22 +212,12 @@ def test_real_trainer_run_on_a_tiny_dataset(qtbot, settings: S.Settings, tmp_pat
 
 def test_real_mobilenetv2_run_continues_from_the_bundled_model(qtbot, settings: S.Settings, tmp_path: Path) -> None:
     """The real trainer subprocess with the MobileNetV2 network, from the bundled model's first MobileNetV2."""
-    import trainer
-
-    ok, why = trainer.available()
-    assert ok, f"the train extra must be installed for this test: {why}"
-    src = write_class_folders(tmp_path / "src", per_class=5, size=(96, 64))
-    tab = TrainerTab(settings, overrides=dict)
-    qtbot.addWidget(tab)
-    tab.source_edit.setText(str(src))
+    tab = _tab_for_a_real_run(qtbot, settings, tmp_path, per_class=5)
     tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
     tab.epochs_spin.setValue(1)
     tab.batch_spin.setValue(8)
     tab.start_from_bundled_button.click()
-    with qtbot.waitSignal(tab.process.run_finished, timeout=300_000) as sig:
-        assert tab.start_training()
-    code, model_dir = sig.args
-    assert code == 0, tab.log.toPlainText()[-3000:]
+    model_dir = _finished_run(qtbot, tab, timeout=300_000)
     assert "starting from its member 1 of 3, the first MobileNetV2 network" in tab.log.toPlainText()
     assert [p["epoch"] for p in tab.plot.points()] == [1]
     from engine import load_classifier
