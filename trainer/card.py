@@ -85,6 +85,9 @@ def card_metrics(work: Path) -> str:
     for kind, bins in test["by_strength"].items():
         cells = ", ".join(f"{b}: {v['count']}/{v['total']}" for b, v in bins.items())
         lines.append(f"- {kind}: {cells}")
+    for kind, bins in test.get("by_extent", {}).items():   # evaluations from before 2026-12-06 have none
+        cells = ", ".join(f"{b}: {v['count']}/{v['total']}" for b, v in bins.items())
+        lines.append(f"- {kind} by extent (the path's end-to-end spread; its length above): {cells}")
     for split, ev in (("test", test), ("val", _load(work / "evaluation_val.json"))):
         lines += ["", f"### Per-class recall and confusion ({split} split, {ev['count']} images)", ""]
         names = ev["names"]

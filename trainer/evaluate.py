@@ -22,6 +22,7 @@ class Sample:
     kind: str = "original"
     strength_px: float = 0.0
     group: str = ""
+    extent_px: float = 0.0  # shake: the path's end-to-end spread, px at a 2048-px long side (0: not recorded)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class EvalReport:
     errors: list[str] = field(default_factory=list)
     by_kind: dict[str, Interval] = field(default_factory=dict)  # fraction with the right class, per synthesis kind
     by_strength: dict[str, dict[str, Interval]] = field(default_factory=dict)  # kind -> strength bin -> right
+    by_extent: dict[str, dict[str, Interval]] = field(default_factory=dict)  # the same by extent (EXTENT_KINDS)
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -62,6 +64,21 @@ def wilson(k: int, n: int, z: float = 1.96) -> Interval:
     return Interval(p, max(0.0, (c - r) / d), min(1.0, (c + r) / d), k, n)
 
 
+#: Kinds whose strength (the path's length) can overstate the blur's size: an oscillating shake path doubles back,
+#: so a 26-px path may spread only 14 px. Their synthesis records the spread (`extent_px`), and evaluation reports
+#: recall by it as well.
+EXTENT_KINDS = ("shake",)
+
+
+def _extent(kind: str, params: str) -> float:
+    if kind not in EXTENT_KINDS or not params:
+        return 0.0
+    try:
+        return float(json.loads(params).get("extent_px", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+
+
 def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
     """Samples of one split: from `prepare`'s manifest (the synthetic JPEG or original file), or class folders."""
     dataset_dir = Path(dataset_dir)
@@ -76,7 +93,7 @@ def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
                 path = Path(r.source)
             else:
                 path = dataset_dir / r.file
-            out.append(Sample(path, r.label, r.kind, r.strength_px, r.group))
+            out.append(Sample(path, r.label, r.kind, r.strength_px, r.group, _extent(r.kind, r.params)))
         return out
     root = dataset_dir / split if (dataset_dir / split).is_dir() else dataset_dir
     samples = []
@@ -111,6 +128,7 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample], whole_fr
     predictions: list[dict[str, Any]] = []
     kind_hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     strength_hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    extent_hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     results = classifier.classify_paths([s.path for s in samples])
     for s, r in zip(samples, results, strict=True):
         if not r.ok or r.top_class is None:
@@ -120,12 +138,13 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample], whole_fr
         right = int(r.top_class == s.label)
         kind_hits[s.kind][0] += right
         kind_hits[s.kind][1] += 1
-        if s.strength_px > 0:
-            b = strength_hits[s.kind][_strength_bin(s.kind, s.strength_px)]
-            b[0] += right
-            b[1] += 1
+        for hits, size in ((strength_hits, s.strength_px), (extent_hits, s.extent_px)):
+            if size > 0:
+                b = hits[s.kind][_strength_bin(s.kind, size)]
+                b[0] += right
+                b[1] += 1
         predictions.append({"path": str(s.path), "label": s.label, "kind": s.kind, "strength_px": s.strength_px, "group": s.group,
-                            "top_class": r.top_class, "probabilities": r.probabilities})
+                            "extent_px": s.extent_px, "top_class": r.top_class, "probabilities": r.probabilities})
     total = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(names)))
     recall = {n: wilson(confusion[i][i], sum(confusion[i])) for i, n in enumerate(names)}
@@ -140,10 +159,15 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample], whole_fr
         names=names, count=total, accuracy=correct / total if total else float("nan"), precision=precision,
         recall=recall, sharp_false_positive_rate=fp, confusion=confusion, errors=errors,
         by_kind={k: wilson(h, n) for k, (h, n) in sorted(kind_hits.items())},
-        by_strength={k: {b: wilson(h, n) for b, (h, n) in sorted(v.items(), key=lambda kv: float(kv[0].split("-")[0].strip(">=px")))}
-                     for k, v in sorted(strength_hits.items())},
+        by_strength=_by_bin(strength_hits),
+        by_extent=_by_bin(extent_hits),
         predictions=predictions,
     )
+
+
+def _by_bin(hits: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, Interval]]:
+    return {k: {b: wilson(h, n) for b, (h, n) in sorted(v.items(), key=lambda kv: float(kv[0].split("-")[0].strip(">=px")))}
+            for k, v in sorted(hits.items())}
 
 
 def evaluate(model_dir: Path | None, dataset_dir: Path, split: str = "val", whole_frame: bool = False) -> EvalReport:
@@ -181,11 +205,13 @@ def format_report(rep: EvalReport) -> str:
         lines.append("right class by kind")
         for k, i in rep.by_kind.items():
             lines.append(f"  {k:<18}{_pct(i)}")
-    if rep.by_strength:
-        lines.append("")
-        lines.append("right class by blur strength (px at a 2048-px long side)")
-        for k, bins in rep.by_strength.items():
-            lines.append(f"  {k}: " + ", ".join(f"{b} {i.value:.0%} ({i.count}/{i.total})" for b, i in bins.items()))
+    for title, table in (("right class by blur strength (px at a 2048-px long side)", rep.by_strength),
+                         ("right class by blur extent (the path's end-to-end spread, px at a 2048-px long side)",
+                          rep.by_extent)):
+        if table:
+            lines += ["", title]
+            for k, bins in table.items():
+                lines.append(f"  {k}: " + ", ".join(f"{b} {i.value:.0%} ({i.count}/{i.total})" for b, i in bins.items()))
     return "\n".join(lines)
 
 

@@ -105,7 +105,8 @@ class SynthRecord:
 
     kind: str
     label: str
-    strength_px: float  # px at a 2048-px long side: disk radius (defocus) or path length (motion)
+    strength_px: float  # px at a 2048-px long side: disk radius (defocus) or path length (motion; params
+    #   extent_px: the path's end-to-end spread, also at 2048)
     params: dict[str, float | str]
 
     def to_dict(self) -> dict[str, object]:
@@ -549,6 +550,7 @@ def synthesize(
         else:
             kernel, kp = _subject_motion_kernel(rng, px)
             params.update(kp)
+            params["extent_px"] = round(kp["extent_px"] / scale, 2)  # at 2048, like strength (and shake's)
         res, changed, mp = _blur_subject(exp, m, kernel, s1024)
         params.update(mp)
         out = to_srgb8(_compress_highlights(res, gain))

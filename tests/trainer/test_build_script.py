@@ -36,10 +36,10 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     got = _schedule(tmp_path)
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "2", "bf16": "1"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "2", "bf16": "0"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -133,14 +133,22 @@ def test_bf16_schedule_pairs_the_three_chains_one_thread_each(tmp_path: Path) ->
 
 def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_path: Path) -> None:
     """The shipped composition since 2026-12-06: seeds 0 and 1 of the ImageNet MobileNetV2 fine-tuning in one lane,
-    the textured YOLOv8n-cls chain in the other, one thread each; merged in that order; no distilled chain."""
+    the textured YOLOv8n-cls chain in the other, one thread each; merged in that order; no distilled chain. Since the
+    afternoon of 2026-12-06 (IMAGENET_DRAWS=4) the fine-tunings learn from four synthesis draws of the same split:
+    two more datasets, made before any training (stage 1's settings with synthesis seed 2, stage 2's mix with seed
+    3), 3 epochs on all four datasets' training images; the YOLOv8n-cls chain does not use them."""
     calls = _run_with_stubs(tmp_path, bf16="1")
     w = str(tmp_path / "work")
     runs = [c for c in calls if c.startswith("imagenet ")]
     assert [r.split()[1] for r in runs] == [f"{w}/in/model", f"{w}/in-s1/model"]   # one lane: in order
-    assert all(r.endswith("--epochs 6 --threads 1") for r in runs)
-    assert all(f" --dataset {w}/ship/dataset --dataset {w}/ship2/dataset --val-dataset " in r for r in runs)
-    assert not any(f"{w}/ship3" in c or f"{w}/ship4" in c for c in calls)
+    draws = " ".join(f"--dataset {w}/ship{n}/dataset" for n in ("", "2", "3", "4"))
+    assert all(f" {draws} --val-dataset {w}/ship2/dataset " in r and r.endswith("--epochs 3 --threads 1") for r in runs)
+    (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
+    (d4,) = [c for c in calls if f"--work {w}/ship4 " in c]
+    assert " --synth-seed 2 " in d3 and "--mix" not in d3 and d3.endswith("--prepare-only")
+    assert " --synth-seed 3 " in d4 and " --mix shake=350 " in d4 and d4.endswith("--prepare-only")
+    assert calls.index(d4) < min(calls.index(r) for r in runs)
+    assert not any("/ship3" in c or "/ship4" in c for c in calls if f"--work {w}/tdl" in c)
     for work in ("tdl1", "tdl2"):
         assert _training(calls, f"{w}/{work}").endswith("--threads 1")
     assert not any(f"{w}/ddl" in c or c.startswith("distill ") for c in calls)
@@ -150,26 +158,20 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     assert "--dataset" in merge.split()  # the merged graph (float16-stored weights) checked on stage 2's images
     # where the CPU has no bfloat16: one after the other, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0")
-    assert [c.split()[-1] for c in seq if c.startswith("imagenet ")] == ["6", "6"]
+    assert [c.split()[-1] for c in seq if c.startswith("imagenet ")] == ["3", "3"]
     assert not any("--threads" in c for c in seq if " --work " in c)
 
 
-def test_imagenet_draws_4_trains_the_mobilenetv2_networks_on_two_more_synthesis_draws(tmp_path: Path) -> None:
-    """IMAGENET_DRAWS=4 (measured, not shipped): two more draws of the same split, made before any training (stage
-    1's settings with synthesis seed 2, stage 2's mix with seed 3), and 3 epochs on all four datasets' training images;
-    the YOLOv8n-cls chain does not use them. Any other count is refused before any work."""
-    calls = _run_with_stubs(tmp_path, bf16="1", IMAGENET_DRAWS="4")
+def test_imagenet_draws_2_trains_the_mobilenetv2_networks_on_the_recipes_two_datasets(tmp_path: Path) -> None:
+    """IMAGENET_DRAWS=2 (shipped until the afternoon of 2026-12-06): 6 epochs on the recipe's two datasets, no
+    further draws made. Any count but 2 or 4 is refused before any work."""
+    calls = _run_with_stubs(tmp_path, bf16="1", IMAGENET_DRAWS="2")
     w = str(tmp_path / "work")
     runs = [c for c in calls if c.startswith("imagenet ")]
-    draws = " ".join(f"--dataset {w}/ship{n}/dataset" for n in ("", "2", "3", "4"))
     assert [r.split()[1] for r in runs] == [f"{w}/in/model", f"{w}/in-s1/model"]
-    assert all(f" {draws} --val-dataset {w}/ship2/dataset " in r and r.endswith("--epochs 3 --threads 1") for r in runs)
-    (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
-    (d4,) = [c for c in calls if f"--work {w}/ship4 " in c]
-    assert " --synth-seed 2 " in d3 and "--mix" not in d3 and d3.endswith("--prepare-only")
-    assert " --synth-seed 3 " in d4 and " --mix shake=350 " in d4 and d4.endswith("--prepare-only")
-    assert calls.index(d4) < min(calls.index(r) for r in runs)
-    assert not any("/ship3" in c or "/ship4" in c for c in calls if f"--work {w}/tdl" in c)
+    assert all(r.endswith("--epochs 6 --threads 1") for r in runs)
+    assert all(f" --dataset {w}/ship/dataset --dataset {w}/ship2/dataset --val-dataset " in r for r in runs)
+    assert not any(f"{w}/ship3" in c or f"{w}/ship4" in c for c in calls)
     with pytest.raises(subprocess.CalledProcessError) as err:
         _run_with_stubs(tmp_path / "three", bf16="1", IMAGENET_DRAWS="3")
     assert "IMAGENET_DRAWS" in err.value.stderr and not (tmp_path / "three" / "calls.log").exists()
@@ -244,15 +246,17 @@ def test_chains_with_several_seeds_make_a_soup_member(tmp_path: Path) -> None:
 
 
 def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: Path) -> None:
-    """CHAINS=imagenet:SEED: `blurflag-train imagenet` on both datasets' training images, selected on stage 2's
-    validation split, in WORK/in (seed 0) or WORK/in-sN; beside a YOLOv8n-cls chain in the other lane."""
+    """CHAINS=imagenet:SEED: `blurflag-train imagenet` on the training images of the four datasets (IMAGENET_DRAWS),
+    selected on stage 2's validation split, in WORK/in (seed 0) or WORK/in-sN; beside a YOLOv8n-cls chain in the
+    other lane."""
     calls = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0 textured:0 imagenet:3")
     w = str(tmp_path / "work")
     runs = {c for c in calls if c.startswith("imagenet ")}
-    assert runs == {f"imagenet {w}/in/model --dataset {w}/ship/dataset --dataset {w}/ship2/dataset --val-dataset "
-                    f"{w}/ship2/dataset --work {w}/in --seed 0 --epochs 6 --threads 1",
-                    f"imagenet {w}/in-s3/model --dataset {w}/ship/dataset --dataset {w}/ship2/dataset --val-dataset "
-                    f"{w}/ship2/dataset --work {w}/in-s3 --seed 3 --epochs 6 --threads 1"}
+    draws = " ".join(f"--dataset {w}/ship{n}/dataset" for n in ("", "2", "3", "4"))
+    assert runs == {f"imagenet {w}/in/model {draws} --val-dataset {w}/ship2/dataset --work {w}/in --seed 0 "
+                    "--epochs 3 --threads 1",
+                    f"imagenet {w}/in-s3/model {draws} --val-dataset {w}/ship2/dataset --work {w}/in-s3 --seed 3 "
+                    "--epochs 3 --threads 1"}
     assert "running imagenet+imagenet-s3 and textured side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s3/model", "--half"]

@@ -154,3 +154,48 @@ def test_real_blurred_photos_count_at_equal_false_alarms_as_in_the_paired_counts
     assert blur_right_at_false_alarms(preds, 0) == (1, pytest.approx(0.1 / 0.9))
     md = compare_evaluations([("a", _report(preds)), ("b", _report(preds))])
     assert "Visible blur right (of 1)" in md and "- visible blur: a only 0, b only 0" in md
+
+
+def test_evaluation_reports_shake_recall_by_extent_as_well_as_by_path_length(tmp_path: Path):
+    """An oscillating shake path doubles back, so its length (the strength) can be twice its spread: evaluation
+    bins shake by the recorded `extent_px` too, and the card prints both (other kinds have no extent bins)."""
+    import csv
+    from dataclasses import asdict
+
+    from PIL import Image
+
+    from trainer.card import card_metrics
+    from trainer.dataset import MANIFEST, ManifestRow
+    from trainer.evaluate import evaluate, format_report, write_report
+
+    rows = []
+    for i, (kind, label, strength, params) in enumerate([
+        ("shake", "motion_blurred", 26.0, {"extent_px": 14.0}),
+        ("shake", "motion_blurred", 50.0, {"extent_px": 40.0}),
+        ("shake", "motion_blurred", 30.0, {}),                       # a manifest without the extent: no extent bin
+        ("linear_motion", "motion_blurred", 30.0, {"angle": 10.0}),
+        ("clean", "sharp", 0.0, {}),
+    ]):
+        synth = f"synth/test/{label}/{i}_{kind}.jpg"
+        (tmp_path / synth).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 64), (40 * i, 90, 120)).save(tmp_path / synth)
+        rows.append(ManifestRow("test", label, f"test/{label}/{i}.png", "src.jpg", f"scene:{i}", kind, strength, synth,
+                                json.dumps(params)))
+    with open(tmp_path / MANIFEST, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ManifestRow.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+
+    rep = evaluate(None, tmp_path, "test")   # the bundled model; only the bins are checked, not its verdicts
+    assert [b for b in rep.by_strength["shake"]] == ["24-32px", "48-64px"]
+    assert rep.by_strength["shake"]["24-32px"].total == 2
+    assert list(rep.by_extent) == ["shake"]
+    assert {b: i.total for b, i in rep.by_extent["shake"].items()} == {"12-16px": 1, "32-48px": 1}
+    assert [p["extent_px"] for p in rep.predictions if p["kind"] == "shake"] == [14.0, 40.0, 0.0]
+    assert "right class by blur extent" in format_report(rep)
+    write_report(rep, tmp_path / "evaluation_test.json")
+    write_report(rep, tmp_path / "evaluation_val.json")
+    write_report(rep, tmp_path / "evaluation_triplets.json")
+    md = card_metrics(tmp_path)
+    assert "- shake by extent (the path's end-to-end spread; its length above): 12-16px: " in md
+    assert "- linear_motion by extent" not in md

@@ -205,6 +205,21 @@ def test_shake_and_linear_motion_remove_detail() -> None:
         assert _hf_energy(out) < 0.5 * _hf_energy(img)
 
 
+@pytest.mark.parametrize("kind", ["shake", "subject_motion"])
+def test_motion_paths_record_their_extent_at_2048_px_whatever_the_image_size(kind: str) -> None:
+    """`extent_px` (the path's end-to-end spread) is at a 2048-px long side like the strength, so a path drawn with
+    the same random numbers on a photo of half the size records the same extent."""
+    h, w = 256, 256
+    mask = _rect_mask(h, w, (64, 192, 96, 160))
+    small = _texture(h // 2, w // 2)
+    got = []
+    for img, m in ((_texture(h, w), mask), (small, mask[::2, ::2])):
+        _, rec = synthesize(img, kind, np.random.default_rng(8), strength_px=40.0, mask=m)
+        got.append(float(rec.params["extent_px"]))
+    assert 0 < got[0] <= 40.0 + 1e-6
+    assert got[1] == pytest.approx(got[0], rel=0.02, abs=0.05)
+
+
 @pytest.mark.parametrize("kind", ["subject_defocus", "subject_motion"])
 def test_subject_blur_keeps_the_background(kind: str) -> None:
     h, w = 256, 256
