@@ -162,14 +162,19 @@ STAGE2_SYNTH=(--mix clean=700 --mix bokeh=150 --mix panning=150 --mix high_iso=1
   --mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700)
 STAGE2_MIX=(--lr0 0.0005 --synth-seed 1 "${STAGE2_SYNTH[@]}")
 threads() { [ -n "$1" ] && echo --threads "$1"; true; }
+# prepare NAME SCALE WORKERS ARGS...: the dataset WORK/NAME/dataset of the recipe's split, synthesised with ARGS
+# (synthesis seed, mix; WORKERS empty: the trainer's default), made once; every draw shares the datasets' knobs.
+prepare() {
+  local name=$1 scale=$2 workers=$3
+  shift 3
+  [ -f "$WORK/$name/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$name" \
+    --model-out "$WORK/$name/model" --mask-dir "$WORK/masks" --scale "$scale" "$@" --train-floor visible \
+    --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" ${workers:+--workers "$workers"} --prepare-only
+}
 
 # 2-4. Stage 1: dataset (split by group, whole races held out), time-boxed training, export with parity check,
 #      evaluation. Skipped once its model exists. (dataset1 alone: the dataset, for the chains to share.)
-dataset1() {
-  [ -f "$WORK/ship/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" \
-    --model-out "$WORK/ship/model" --mask-dir "$WORK/masks" --scale "$SCALE" --train-floor visible --reframe "$REFRAME" \
-    --veil "$VEIL" --subject-background "$SUBJECT_BG" --prepare-only
-}
+dataset1() { prepare ship "$SCALE" ""; }
 stage1() {
   [ -f "$WORK/ship/model/blurflag.onnx" ] && return 0
   local resume=()
@@ -183,20 +188,9 @@ stage1() {
 # 5. Stage 2: fine-tune stage 1's best weights on a new synthesis draw of the same split (the test races stay
 #    held out), with more sharp examples and hard negatives (bokeh, panning, high ISO) and more motion.
 #    (dataset2 alone: its dataset, made while stage 1 trains; $1 = dataset worker processes.)
-dataset2() {
-  [ -f "$WORK/ship2/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" \
-    --model-out "$WORK/ship2/model" --mask-dir "$WORK/masks" --scale "$SCALE2" "${STAGE2_MIX[@]}" --train-floor visible \
-    --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
-}
+dataset2() { prepare ship2 "$SCALE2" "$1" "${STAGE2_MIX[@]}"; }
 # The MobileNetV2 fine-tunings' extra draws (IMAGENET_DRAWS=4; $1 = dataset worker processes).
-dataset34() {
-  [ -f "$WORK/ship3/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship3" \
-    --model-out "$WORK/ship3/model" --mask-dir "$WORK/masks" --scale "$SCALE" --synth-seed 2 --train-floor visible \
-    --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
-  [ -f "$WORK/ship4/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship4" \
-    --model-out "$WORK/ship4/model" --mask-dir "$WORK/masks" --scale "$SCALE2" --synth-seed 3 "${STAGE2_SYNTH[@]}" \
-    --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" --workers "$1" --prepare-only
-}
+dataset34() { prepare ship3 "$SCALE" "$1" --synth-seed 2 && prepare ship4 "$SCALE2" "$1" --synth-seed 3 "${STAGE2_SYNTH[@]}"; }
 stage2() {
   [ -f "$WORK/ship2/model/blurflag.onnx" ] && return 0
   local resume=()

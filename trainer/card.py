@@ -82,12 +82,12 @@ def card_metrics(work: Path) -> str:
         probs = ", ".join(f"{k} {v:.2f}" for k, v in p["probabilities"].items())
         lines.append(f"- `{Path(p['path']).name}` (true {p['label']}): **{p['top_class']}** — {probs}")
     lines += ["", "### Recall by blur strength (test split, right class; px at a 2048-px long side)", ""]
-    for kind, bins in test["by_strength"].items():
-        cells = ", ".join(f"{b}: {v['count']}/{v['total']}" for b, v in bins.items())
-        lines.append(f"- {kind}: {cells}")
-    for kind, bins in test.get("by_extent", {}).items():   # evaluations from before 2026-12-06 have none
-        cells = ", ".join(f"{b}: {v['count']}/{v['total']}" for b, v in bins.items())
-        lines.append(f"- {kind} by extent (the path's end-to-end spread; its length above): {cells}")
+    # (evaluations from before 2026-12-06 have no extent bins)
+    for table, how in ((test["by_strength"], ""), (test.get("by_extent", {}),
+                                                  " by extent (the path's end-to-end spread; its length above)")):
+        for kind, bins in table.items():
+            cells = ", ".join(f"{b}: {v['count']}/{v['total']}" for b, v in bins.items())
+            lines.append(f"- {kind}{how}: {cells}")
     for split, ev in (("test", test), ("val", _load(work / "evaluation_val.json"))):
         lines += ["", f"### Per-class recall and confusion ({split} split, {ev['count']} images)", ""]
         names = ev["names"]
