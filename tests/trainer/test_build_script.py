@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
           "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES", "CHAINS", "IMAGENET_DRAWS",
-          "IMAGENET_EPOCHS")
+          "IMAGENET_EPOCHS", "MOTION34")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -36,10 +36,10 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     got = _schedule(tmp_path)
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "bf16": "1"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "0", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "bf16": "0"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "0", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
