@@ -36,10 +36,12 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     got = _schedule(tmp_path)
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "0", "bf16": "1"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "0",
+                       "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "0", "bf16": "0"}
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "0",
+                       "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -52,6 +54,9 @@ def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
 # for (a dataset manifest, a model, best weights); python answers the CPU question; nothing is trained.
 _STUB_TRAIN = r"""#!/usr/bin/env bash
 echo "$*" >> "$STUB_LOG"
+# STUB_SLOW=TEXT: a call containing TEXT takes 3 s and then logs "finished: ..."; STUB_FAIL=TEXT: such a call fails
+if [ -n "${STUB_SLOW:-}" ] && [[ " $* " == *"$STUB_SLOW"* ]]; then sleep 3; echo "finished: $*" >> "$STUB_LOG"; fi
+if [ -n "${STUB_FAIL:-}" ] && [[ " $* " == *"$STUB_FAIL"* ]]; then exit 1; fi
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in --work) work=${args[$((i + 1))]};; --model-out) out=${args[$((i + 1))]};; esac
@@ -132,15 +137,15 @@ def test_bf16_schedule_pairs_the_three_chains_one_thread_each(tmp_path: Path) ->
 
 
 def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_path: Path) -> None:
-    """The shipped composition since 2026-12-06: seeds 0 and 1 of the ImageNet MobileNetV2 fine-tuning in one lane,
-    the textured YOLOv8n-cls chain in the other, one thread each; merged in that order; no distilled chain. Since the
+    """The shipped composition since 2026-12-06: seeds 0 and 1 of the ImageNet MobileNetV2 fine-tuning and the
+    textured YOLOv8n-cls chain, in two lanes, one thread each; merged in that order; no distilled chain. Since the
     afternoon of 2026-12-06 (IMAGENET_DRAWS=4) the fine-tunings learn from four synthesis draws of the same split:
     two more datasets, made before any training (stage 1's settings with synthesis seed 2, stage 2's mix with seed
     3), 3 epochs on all four datasets' training images; the YOLOv8n-cls chain does not use them."""
     calls = _run_with_stubs(tmp_path, bf16="1")
     w = str(tmp_path / "work")
     runs = [c for c in calls if c.startswith("imagenet ")]
-    assert [r.split()[1] for r in runs] == [f"{w}/in/model", f"{w}/in-s1/model"]   # one lane: in order
+    assert sorted(r.split()[1] for r in runs) == [f"{w}/in-s1/model", f"{w}/in/model"]
     draws = " ".join(f"--dataset {w}/ship{n}/dataset" for n in ("", "2", "3", "4"))
     assert all(f" {draws} --val-dataset {w}/ship2/dataset " in r and r.endswith("--epochs 3 --threads 1") for r in runs)
     (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
@@ -152,7 +157,10 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     for work in ("tdl1", "tdl2"):
         assert _training(calls, f"{w}/{work}").endswith("--threads 1")
     assert not any(f"{w}/ddl" in c or c.startswith("distill ") for c in calls)
-    assert "running imagenet+imagenet-s1 and textured side by side" in (tmp_path / "work" / "build.log").read_text()
+    log = (tmp_path / "work" / "build.log").read_text()
+    assert "running lane1 and lane2 side by side" in log
+    taken = sorted(re.findall(r"lane [12] takes (\S+ stage \d)", log))   # every stage once, by one lane or the other
+    assert taken == ["imagenet:0 stage 1", "imagenet:1 stage 1", "textured:0 stage 1", "textured:0 stage 2"]
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s1/model", "--half"]
     assert "--dataset" in merge.split()  # the merged graph (float16-stored weights) checked on stage 2's images
@@ -160,6 +168,51 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     seq = _run_with_stubs(tmp_path / "f32", bf16="0")
     assert [c.split()[-1] for c in seq if c.startswith("imagenet ")] == ["3", "3"]
     assert not any("--threads" in c for c in seq if " --work " in c)
+
+
+def test_a_lane_with_nothing_ready_waits_for_the_first_stage_and_a_failure_stops_both(tmp_path: Path) -> None:
+    """The lanes' queue: the first stages in CHAINS order, then each second stage once its first has finished. With
+    the textured stage 1 slow, one lane runs both fine-tunings meanwhile and the stage 2 waits for it; if that stage
+    1 fails, its stage 2 never runs, the other lane stops too, and the script fails (no hang)."""
+    w = str(tmp_path / "ok" / "work")
+    calls = _run_with_stubs(tmp_path / "ok", bf16="1", STUB_SLOW=f"--work {w}/tdl1 ")
+    first = next(i for i, c in enumerate(calls) if c.startswith("finished: ") and f"--work {w}/tdl1 " in c)
+    second = next(i for i, c in enumerate(calls) if f"--work {w}/tdl2 " in c)
+    fine_tunings = [i for i, c in enumerate(calls) if c.startswith("imagenet ")]
+    assert len(fine_tunings) == 2 and max(fine_tunings) < first < second
+    log = (tmp_path / "ok" / "work" / "build.log").read_text()
+    lanes = dict(re.findall(r"lane ([12]) takes (textured:0 stage 1)", log))
+    (busy,) = lanes   # the lane on the slow stage 1 ran nothing else meanwhile; the other ran both fine-tunings
+    other = "2" if busy == "1" else "1"
+    assert sorted(re.findall(rf"lane {other} takes (imagenet:\d) stage 1", log)) == ["imagenet:0", "imagenet:1"]
+    w = str(tmp_path / "bad" / "work")
+    with pytest.raises(subprocess.CalledProcessError):
+        _run_with_stubs(tmp_path / "bad", bf16="1", STUB_FAIL=f"--work {w}/tdl1 ")
+    calls = (tmp_path / "bad" / "calls.log").read_text().splitlines()
+    assert not any(f"--work {w}/tdl2 " in c or c.startswith("ensemble ") for c in calls)
+    log = (tmp_path / "bad" / "work" / "build.log").read_text()
+    exits = re.findall(r"lane1 \(exit (\d+)\) and lane2 \(exit (\d+)\)", log)
+    assert exits == [("1", "1")]
+
+
+def test_motion34_gives_the_extra_draws_more_motion_and_subject_defocus(tmp_path: Path) -> None:
+    """MOTION34=1: ship3 and ship4 carry more shake, subject motion (and ship4 subject defocus) than the recipe's
+    mixes; the recipe's two datasets and the chains' commands do not change. Any value but 0 or 1 is refused."""
+    base = _run_with_stubs(tmp_path / "base", bf16="1")
+    calls = _run_with_stubs(tmp_path / "m", bf16="1", MOTION34="1")
+    w = str(tmp_path / "m" / "work")
+    (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
+    (d4,) = [c for c in calls if f"--work {w}/ship4 " in c]
+    assert " --synth-seed 2 --mix shake=450 --mix subject_motion=350 --mix linear_motion=150 " in d3
+    assert d4.split(" --mix shake=350 ")[1].startswith(   # after the stage-2 mix, so the new counts win
+        "--mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 --mix shake=600 "
+        "--mix subject_motion=400 --mix linear_motion=200 --mix subject_defocus=800 ")
+    def rest(cs: list[str], root: Path) -> list[str]:
+        return sorted(c.replace(str(root), "R") for c in cs if "/ship3 " not in c and "/ship4 " not in c)
+    assert rest(calls, tmp_path / "m") == rest(base, tmp_path / "base")
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        _run_with_stubs(tmp_path / "two", bf16="1", MOTION34="2")
+    assert "MOTION34" in err.value.stderr and not (tmp_path / "two" / "calls.log").exists()
 
 
 def test_imagenet_draws_2_trains_the_mobilenetv2_networks_on_the_recipes_two_datasets(tmp_path: Path) -> None:
@@ -190,7 +243,7 @@ def test_the_textured_and_distilled_pair_builds_as_before(tmp_path: Path) -> Non
         fine = _training(calls, f"{w}/{second}")
         assert calls.index(_training(calls, f"{w}/{first}")) < calls.index(fine)
         assert f"--weights {w}/{first}/runs/train/weights/best.pt" in fine and " --hours 0 --epochs 31 " in fine
-    assert "running textured and distilled side by side" in (tmp_path / "work" / "build.log").read_text()
+    assert "running lane1 and lane2 side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:5] == [f"{w}/tdl2/model", f"{w}/ddl2/model", "--half"]
     # one after the other where the CPU has no bfloat16, on all cores
@@ -211,8 +264,7 @@ def test_chains_choose_the_members_and_their_training_seeds(tmp_path: Path) -> N
         assert _training(calls, f"{w}/{work}").endswith("--train-seed 1 --threads 1")
     assert f"--weights {w}/pretrain/distilled.pt " in _training(calls, f"{w}/ddl1-s1")
     assert f"--weights {w}/ddl1-s1/runs/train/weights/best.pt " in _training(calls, f"{w}/ddl2-s1")
-    # two lanes: chains 1 and 3 in one, chain 2 in the other
-    assert "running textured+distilled and distilled-s1 side by side" in (tmp_path / "work" / "build.log").read_text()
+    assert "running lane1 and lane2 side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:6] == [f"{w}/tdl2/model", f"{w}/ddl2-s1/model", f"{w}/ddl2/model", "--half"]
     # float32: one chain after the other, on all cores
@@ -239,7 +291,9 @@ def test_chains_with_several_seeds_make_a_soup_member(tmp_path: Path) -> None:
     assert merge.split()[2:6] == [f"{w}/tdl2-soup-0-1/model", f"{w}/ddl2-soup-0-2/model", f"{w}/tdl2-s1/model",
                                   "--half"]
     log = (tmp_path / "work" / "build.log").read_text()
-    assert "running textured+distilled and textured-s1+distilled-s2 side by side" in log
+    taken = re.findall(r"lane [12] takes (\S+ stage \d)", log)   # six chains: twelve stages, each once
+    assert sorted(taken) == sorted(f"{c} stage {n}" for c in ("textured:0", "textured:1", "distilled:0", "distilled:2")
+                                   for n in (1, 2))
     # run again: every chain and soup exists, so only the merge and its evaluations run
     again = _run_with_stubs(tmp_path, bf16="1", CHAINS="textured:0,1 distilled:0,2 textured:1")
     assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
@@ -257,7 +311,7 @@ def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: P
                     "--epochs 3 --threads 1",
                     f"imagenet {w}/in-s3/model {draws} --val-dataset {w}/ship2/dataset --work {w}/in-s3 --seed 3 "
                     "--epochs 3 --threads 1"}
-    assert "running imagenet+imagenet-s3 and textured side by side" in (tmp_path / "work" / "build.log").read_text()
+    assert "running lane1 and lane2 side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s3/model", "--half"]
     # one member alone is the model itself (no merge); a finished run is not trained again
