@@ -17,7 +17,8 @@
 # chain's training seed (`blurflag-train shipped --train-seed`: weight init, batch order, augmentation; the datasets
 # stay the same), or several seeds joined by commas: one chain per seed, and the member is their weight average
 # (`blurflag-train soup`); or imagenet:SEED (one seed), a MobileNetV2 fine-tuning (step 6e; IMAGENET_EPOCHS, default
-# 12 / IMAGENET_DRAWS). One member is the model itself. With PARALLEL=1 the chains train in two lanes, one thread each.
+# 12 / IMAGENET_DRAWS). One member is the model itself. With PARALLEL=1 the chains train in two lanes, one thread each
+# (taking the chains' stages from one queue: below, before `lane`).
 # DEADLEAVES=1 adds the dead-leaves chain (the three networks shipped on 2026-12-05 until the evening): from the
 # committed dead-leaves weights (PRE_WEIGHTS), 33 epochs, then PRE_HOURS2 of fine-tuning at lr 0.0005.
 # Every stage is capped by epochs but the dead-leaves fine-tuning, so every machine trains the same epochs (on this
@@ -132,7 +133,9 @@ IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
 # MOTION34=1: the two extra draws carry more motion and subject defocus, the kinds furthest from 97% recall (ship3:
 # shake 450, subject motion 350, linear motion 150 instead of 240 / 160 / 200; ship4: shake 600, subject motion
 # 400, linear motion 200, subject defocus 800 instead of 350 / 200 / 250 / 700); 0 (the default): the same mixes as
-# the recipe's two datasets. The datasets keep their names: a changed MOTION34 wants a fresh WORK.
+# the recipe's two datasets. Measured 2026-12-06 evening, not shipped (MODEL_CARD.md, "More motion in the extra
+# draws": 5 fewer sharp images flagged, 7 fewer visible blurs found). The datasets keep their names: a changed
+# MOTION34 wants a fresh WORK.
 MOTION34=${MOTION34:-0}
 [[ "$MOTION34" =~ ^[01]$ ]] || { echo "MOTION34 is 0 or 1, not '$MOTION34'" >&2; exit 2; }
 DRAW3_MIX=() DRAW4_MIX=()
