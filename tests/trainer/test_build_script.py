@@ -172,19 +172,14 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
 
 def test_a_lane_with_nothing_ready_waits_for_the_first_stage_and_a_failure_stops_both(tmp_path: Path) -> None:
     """The lanes' queue: the first stages in CHAINS order, then each second stage once its first has finished. With
-    the textured stage 1 slow, one lane runs both fine-tunings meanwhile and the stage 2 waits for it; if that stage
-    1 fails, its stage 2 never runs, the other lane stops too, and the script fails (no hang)."""
+    the textured stage 1 slow, both fine-tunings start meanwhile and the stage 2 waits for it; if that stage 1
+    fails, its stage 2 never runs, the other lane stops too, and the script fails (no hang)."""
     w = str(tmp_path / "ok" / "work")
     calls = _run_with_stubs(tmp_path / "ok", bf16="1", STUB_SLOW=f"--work {w}/tdl1 ")
     first = next(i for i, c in enumerate(calls) if c.startswith("finished: ") and f"--work {w}/tdl1 " in c)
     second = next(i for i, c in enumerate(calls) if f"--work {w}/tdl2 " in c)
     fine_tunings = [i for i, c in enumerate(calls) if c.startswith("imagenet ")]
     assert len(fine_tunings) == 2 and max(fine_tunings) < first < second
-    log = (tmp_path / "ok" / "work" / "build.log").read_text()
-    lanes = dict(re.findall(r"lane ([12]) takes (textured:0 stage 1)", log))
-    (busy,) = lanes   # the lane on the slow stage 1 ran nothing else meanwhile; the other ran both fine-tunings
-    other = "2" if busy == "1" else "1"
-    assert sorted(re.findall(rf"lane {other} takes (imagenet:\d) stage 1", log)) == ["imagenet:0", "imagenet:1"]
     w = str(tmp_path / "bad" / "work")
     with pytest.raises(subprocess.CalledProcessError):
         _run_with_stubs(tmp_path / "bad", bf16="1", STUB_FAIL=f"--work {w}/tdl1 ")
