@@ -108,8 +108,8 @@ DEADLEAVES=${DEADLEAVES:-0}  # DISTILLED=1: 0: textured + distilled (shipped sin
 # DISTILLED=1 DEADLEAVES=0: the members, START:SEEDS each (START textured or distilled; SEEDS one training seed, or
 # several joined by commas: their chains' weight average; or imagenet:SEED, one MobileNetV2 fine-tuning). The default
 # since 2026-12-06: two ImageNet MobileNetV2 fine-tunings (seeds 0 and 1) and the textured YOLOv8n-cls chain, in
-# that order so that the two lanes take the two fine-tunings and the chain; "textured:0 distilled:0" is the pair of
-# YOLOv8n-cls chains shipped from 2026-12-05 evening to 2026-12-06.
+# that order (the merge's; the lanes' queue starts imagenet:0 beside the textured stage 1); "textured:0
+# distilled:0" is the pair of YOLOv8n-cls chains shipped from 2026-12-05 evening to 2026-12-06.
 CHAINS=${CHAINS:-imagenet:0 textured:0 imagenet:1}
 read -ra MEMBER_LIST <<< "$CHAINS"
 CHAIN_LIST=()   # every chain to train, START:SEED, once each, in the order given
@@ -321,13 +321,7 @@ chain() { chain_part "$1" 1 "$2" && { [ "${1%%:*}" = imagenet ] || chain_part "$
 # imagenet:0 and then the textured chain's stage 2, the other the textured stage 1 and then imagenet:1 (until
 # 2026-12-06 each lane kept whole chains: imagenet:0 and imagenet:1 in one, the textured chain in the other, which
 # then idled 33 of the 86 minutes). Every stage trains on one thread whichever lane runs it, so the networks do not
-# change with the schedule.
-QUEUE_JOBS=() QUEUE_AFTER=()
-for c in "${CHAIN_LIST[@]}"; do QUEUE_JOBS+=("$c 1") QUEUE_AFTER+=(""); done
-for i in "${!CHAIN_LIST[@]}"; do
-  c=${CHAIN_LIST[$i]}
-  [ "${c%%:*}" = imagenet ] || { QUEUE_JOBS+=("$c 2") QUEUE_AFTER+=("$i"); }
-done
+# change with the schedule. QUEUE_JOBS holds "START:SEED STAGE", QUEUE_AFTER the index of the job it waits for.
 lane() {   # lane N: run the queue's jobs until none is left; a failure stops both lanes
   local i left
   while :; do
@@ -403,6 +397,12 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
     if [ "$PARALLEL" = 1 ] && [ ${#CHAIN_LIST[@]} -gt 1 ]; then
       QUEUE="$WORK/logs/queue"   # the lanes' claims; a fresh queue each run (finished stages are skipped at once)
       rm -rf "$QUEUE" && mkdir -p "$QUEUE"
+      QUEUE_JOBS=() QUEUE_AFTER=()
+      for c in "${CHAIN_LIST[@]}"; do QUEUE_JOBS+=("$c 1") QUEUE_AFTER+=(""); done
+      for i in "${!CHAIN_LIST[@]}"; do
+        c=${CHAIN_LIST[$i]}
+        [ "${c%%:*}" = imagenet ] || { QUEUE_JOBS+=("$c 2") QUEUE_AFTER+=("$i"); }
+      done
       side_by_side lane1 "lane 1" lane2 "lane 2"
     else
       for c in "${CHAIN_LIST[@]}"; do
