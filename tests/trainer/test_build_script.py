@@ -36,11 +36,11 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     got = _schedule(tmp_path)
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "0",
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
                        "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
-                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "0",
+                       "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
                        "bf16": "0"}
 
 
@@ -141,7 +141,8 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     textured YOLOv8n-cls chain, in two lanes, one thread each; merged in that order; no distilled chain. Since the
     afternoon of 2026-12-06 (IMAGENET_DRAWS=4) the fine-tunings learn from four synthesis draws of the same split:
     two more datasets, made before any training (stage 1's settings with synthesis seed 2, stage 2's mix with seed
-    3), 3 epochs on all four datasets' training images; the YOLOv8n-cls chain does not use them."""
+    3), 3 epochs on all four datasets' training images; the YOLOv8n-cls chain does not use them. (Their mixes:
+    the MOTION34 test.)"""
     calls = _run_with_stubs(tmp_path, bf16="1")
     w = str(tmp_path / "work")
     runs = [c for c in calls if c.startswith("imagenet ")]
@@ -150,7 +151,7 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     assert all(f" {draws} --val-dataset {w}/ship2/dataset " in r and r.endswith("--epochs 3 --threads 1") for r in runs)
     (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
     (d4,) = [c for c in calls if f"--work {w}/ship4 " in c]
-    assert " --synth-seed 2 " in d3 and "--mix" not in d3 and d3.endswith("--prepare-only")
+    assert " --synth-seed 2 " in d3 and d3.endswith("--prepare-only")
     assert " --synth-seed 3 " in d4 and " --mix shake=350 " in d4 and d4.endswith("--prepare-only")
     assert calls.index(d4) < min(calls.index(r) for r in runs)
     assert not any("/ship3" in c or "/ship4" in c for c in calls if f"--work {w}/tdl" in c)
@@ -191,10 +192,16 @@ def test_a_lane_with_nothing_ready_waits_for_the_first_stage_and_a_failure_stops
 
 
 def test_motion34_gives_the_extra_draws_more_motion_and_subject_defocus(tmp_path: Path) -> None:
-    """MOTION34=1: ship3 and ship4 carry more shake, subject motion (and ship4 subject defocus) than the recipe's
-    mixes; the recipe's two datasets and the chains' commands do not change. Any value but 0 or 1 is refused."""
-    base = _run_with_stubs(tmp_path / "base", bf16="1")
-    calls = _run_with_stubs(tmp_path / "m", bf16="1", MOTION34="1")
+    """MOTION34=1 (the default since 2026-12-06 night): ship3 and ship4 carry more shake, subject motion (and ship4
+    subject defocus) than the recipe's mixes; MOTION34=0 gives them the recipe's mixes (ship3 none of its own, ship4
+    stage 2's). The recipe's two datasets and the chains' commands do not change. Any value but 0 or 1 is refused."""
+    base = _run_with_stubs(tmp_path / "base", bf16="1", MOTION34="0")
+    wb = str(tmp_path / "base" / "work")
+    (b3,) = [c for c in base if f"--work {wb}/ship3 " in c]
+    (b4,) = [c for c in base if f"--work {wb}/ship4 " in c]
+    assert "--mix" not in b3 and b4.split(" --mix shake=350 ")[1].startswith(
+        "--mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 --train-floor ")
+    calls = _run_with_stubs(tmp_path / "m", bf16="1")
     w = str(tmp_path / "m" / "work")
     (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
     (d4,) = [c for c in calls if f"--work {w}/ship4 " in c]
