@@ -24,6 +24,27 @@ BLUR_OF_KIND = {
 }
 
 
+#: Bins of the runner's share of the frame (the synthesis records it for the mask kinds as `subject_share`).
+SHARE_EDGES = (0.0, 0.03, 0.06, 0.12, 0.25, 1.0)
+
+
+def subject_share_bins(predictions: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Right / total of the subject blurs at visible strength, per kind and bin of the runner's share of the frame.
+
+    Predictions without a recorded share (datasets made before 2026-12-06 night) are left out."""
+    names = [f"{lo:.0%}-{hi:.0%}" for lo, hi in zip(SHARE_EDGES[:-2], SHARE_EDGES[1:-1])] + [f">={SHARE_EDGES[-2]:.0%}"]
+    out: dict[str, list[list[int]]] = {}
+    for p in predictions:
+        share = float(p.get("subject_share") or 0.0)
+        if p["kind"] not in ("subject_defocus", "subject_motion") or share <= 0 or not _is_visible_blur(p):
+            continue
+        i = sum(share >= e for e in SHARE_EDGES[1:-1])   # the bin's index
+        b = out.setdefault(p["kind"], [[0, 0] for _ in names])[i]
+        b[0] += p["top_class"] == p["label"]
+        b[1] += 1
+    return {k: {n: (h, t) for n, (h, t) in zip(names, bins) if t} for k, bins in sorted(out.items())}
+
+
 def _fmt(i: Interval) -> str:
     if i.total == 0:
         return "n/a"
@@ -88,6 +109,9 @@ def card_metrics(work: Path) -> str:
         for kind, bins in table.items():
             cells = ", ".join(f"{b}: {v['count']}/{v['total']}" for b, v in bins.items())
             lines.append(f"- {kind}{how}: {cells}")
+    for kind, bins in subject_share_bins(test["predictions"]).items():
+        cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
+        lines.append(f"- {kind} at visible strength by the runner's share of the frame: {cells}")
     for split, ev in (("test", test), ("val", _load(work / "evaluation_val.json"))):
         lines += ["", f"### Per-class recall and confusion ({split} split, {ev['count']} images)", ""]
         names = ev["names"]

@@ -23,6 +23,7 @@ class Sample:
     strength_px: float = 0.0
     group: str = ""
     extent_px: float = 0.0  # shake: the path's end-to-end spread, px at a 2048-px long side (0: not recorded)
+    subject_share: float = 0.0  # mask kinds: the runner's share of the frame (0: not recorded)
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,18 @@ def wilson(k: int, n: int, z: float = 1.96) -> Interval:
 EXTENT_KINDS = ("shake",)
 
 
-def _extent(kind: str, params: str) -> float:
-    if kind not in EXTENT_KINDS or not params:
+def _param(params: str, key: str) -> float:
+    """One number of a manifest row's synthesis parameters (0.0 when absent or unreadable)."""
+    if not params:
         return 0.0
     try:
-        return float(json.loads(params).get("extent_px", 0.0))
+        return float(json.loads(params).get(key, 0.0))
     except (ValueError, TypeError, AttributeError):
         return 0.0
+
+
+def _extent(kind: str, params: str) -> float:
+    return _param(params, "extent_px") if kind in EXTENT_KINDS else 0.0
 
 
 def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
@@ -93,7 +99,8 @@ def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
                 path = Path(r.source)
             else:
                 path = dataset_dir / r.file
-            out.append(Sample(path, r.label, r.kind, r.strength_px, r.group, _extent(r.kind, r.params)))
+            out.append(Sample(path, r.label, r.kind, r.strength_px, r.group, _extent(r.kind, r.params),
+                              _param(r.params, "subject_share")))
         return out
     root = dataset_dir / split if (dataset_dir / split).is_dir() else dataset_dir
     samples = []
@@ -144,7 +151,8 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample], whole_fr
                 b[0] += right
                 b[1] += 1
         predictions.append({"path": str(s.path), "label": s.label, "kind": s.kind, "strength_px": s.strength_px, "group": s.group,
-                            "extent_px": s.extent_px, "top_class": r.top_class, "probabilities": r.probabilities})
+                            "extent_px": s.extent_px, "subject_share": s.subject_share, "top_class": r.top_class,
+                            "probabilities": r.probabilities})
     total = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(names)))
     recall = {n: wilson(confusion[i][i], sum(confusion[i])) for i, n in enumerate(names)}

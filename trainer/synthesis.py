@@ -106,7 +106,8 @@ class SynthRecord:
     kind: str
     label: str
     strength_px: float  # px at a 2048-px long side: disk radius (defocus) or path length (motion; params
-    #   extent_px: the path's end-to-end spread, also at 2048)
+    #   extent_px: the path's end-to-end spread, also at 2048; mask kinds: subject_share, the runner's share of the
+    #   frame)
     params: dict[str, float | str]
 
     def to_dict(self) -> dict[str, object]:
@@ -496,6 +497,8 @@ def synthesize(
     px = strength * scale  # strength at this image's size
     s1024 = max(h, w) / 1024.0  # mask feathering and dilation scale with the image, not the blur
     params: dict[str, float | str] = {"scale": round(scale, 5)}
+    if m is not None:   # how much of the frame the runner covers (recall of the subject kinds depends on it)
+        params["subject_share"] = round(float(m.mean()), 4)
 
     if kind == "clean":
         return img.copy(), SynthRecord(kind, KIND_LABELS[kind], 0.0, params)

@@ -156,6 +156,51 @@ def test_real_blurred_photos_count_at_equal_false_alarms_as_in_the_paired_counts
     assert "Visible blur right (of 1)" in md and "- visible blur: a only 0, b only 0" in md
 
 
+def test_card_reports_the_subject_kinds_by_the_runners_share_of_the_frame(tmp_path: Path):
+    """The synthesis records `subject_share`; evaluation keeps it in each prediction, and the card bins the subject
+    blurs at visible strength by it (rows without a share, invisible strengths and other kinds left out)."""
+    import csv
+    from dataclasses import asdict
+
+    from PIL import Image
+
+    from trainer.card import card_metrics, subject_share_bins
+    from trainer.dataset import MANIFEST, ManifestRow
+    from trainer.evaluate import evaluate, write_report
+
+    rows = []
+    for i, (kind, label, strength, params) in enumerate([
+        ("subject_defocus", "defocused_object_portrait", 12.0, {"subject_share": 0.02}),
+        ("subject_defocus", "defocused_object_portrait", 12.0, {"subject_share": 0.4}),
+        ("subject_defocus", "defocused_object_portrait", 4.0, {"subject_share": 0.4}),   # below visible: left out
+        ("subject_motion", "motion_blurred", 30.0, {"subject_share": 0.1}),
+        ("subject_motion", "motion_blurred", 30.0, {}),                                 # no share recorded
+        ("panning", "sharp", 40.0, {"subject_share": 0.1}),                             # not a subject blur
+    ]):
+        synth = f"synth/test/{label}/{i}_{kind}.jpg"
+        (tmp_path / synth).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 64), (40 * i, 90, 120)).save(tmp_path / synth)
+        rows.append(ManifestRow("test", label, f"test/{label}/{i}.png", "src.jpg", f"scene:{i}", kind, strength, synth,
+                                json.dumps(params)))
+    with open(tmp_path / MANIFEST, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ManifestRow.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+
+    rep = evaluate(None, tmp_path, "test")   # the bundled model; only the bins are checked, not its verdicts
+    assert [p["subject_share"] for p in rep.predictions] == [0.02, 0.4, 0.4, 0.1, 0.0, 0.1]
+    bins = subject_share_bins(rep.predictions)
+    assert {k: {b: n for b, (_, n) in v.items()} for k, v in bins.items()} == {
+        "subject_defocus": {"0%-3%": 1, ">=25%": 1}, "subject_motion": {"6%-12%": 1}}
+    right = {p["path"].rsplit("/", 1)[1]: p["top_class"] == p["label"] for p in rep.predictions}
+    assert bins["subject_defocus"][">=25%"][0] == right["1_subject_defocus.jpg"]
+    for name in ("test", "val", "triplets"):
+        write_report(rep, tmp_path / f"evaluation_{name}.json")
+    md = card_metrics(tmp_path)
+    assert "- subject_defocus at visible strength by the runner's share of the frame: 0%-3%: " in md
+    assert "- subject_motion at visible strength by the runner's share of the frame: 6%-12%: " in md
+
+
 def test_evaluation_reports_shake_recall_by_extent_as_well_as_by_path_length(tmp_path: Path):
     """An oscillating shake path doubles back, so its length (the strength) can be twice its spread: evaluation
     bins shake by the recorded `extent_px` too, and the card prints both (other kinds have no extent bins)."""

@@ -220,6 +220,20 @@ def test_motion_paths_record_their_extent_at_2048_px_whatever_the_image_size(kin
     assert got[1] == pytest.approx(got[0], rel=0.02, abs=0.05)
 
 
+@pytest.mark.parametrize("kind", ["subject_defocus", "subject_motion", "bokeh", "panning"])
+def test_mask_kinds_record_the_runners_share_of_the_frame_without_drawing_a_random_number(kind: str) -> None:
+    """`subject_share`: the share of the frame the mask covers (recall of the subject kinds depends on it); at any
+    image size, and only for the kinds that take a mask."""
+    h, w = 256, 256
+    mask = _rect_mask(h, w, (64, 192, 96, 160))   # 128 x 64 px of 256 x 256: 12.5%
+    img = _texture(h, w)
+    for im, m in ((img, mask), (_texture(h // 2, w // 2), mask)):   # the mask resized to a smaller photo
+        _, rec = synthesize(im, kind, np.random.default_rng(5), strength_px=30.0, mask=m)
+        assert rec.params["subject_share"] == pytest.approx(0.125, abs=2e-3)
+    _, plain = synthesize(img, "defocus", np.random.default_rng(5), strength_px=30.0)
+    assert "subject_share" not in plain.params
+
+
 @pytest.mark.parametrize("kind", ["subject_defocus", "subject_motion"])
 def test_subject_blur_keeps_the_background(kind: str) -> None:
     h, w = 256, 256
