@@ -156,36 +156,42 @@ def test_real_blurred_photos_count_at_equal_false_alarms_as_in_the_paired_counts
     assert "Visible blur right (of 1)" in md and "- visible blur: a only 0, b only 0" in md
 
 
-def test_card_reports_the_subject_kinds_by_the_runners_share_of_the_frame(tmp_path: Path):
-    """The synthesis records `subject_share`; evaluation keeps it in each prediction, and the card bins the subject
-    blurs at visible strength by it (rows without a share, invisible strengths and other kinds left out)."""
+def _write_test_manifest(root: Path, specs: list[tuple[str, str, float, dict]]) -> None:
+    """A prepared dataset's test split: one small synthetic JPEG and manifest row per (kind, label, strength, params)."""
     import csv
     from dataclasses import asdict
 
     from PIL import Image
 
-    from trainer.card import card_metrics, subject_share_bins
     from trainer.dataset import MANIFEST, ManifestRow
-    from trainer.evaluate import evaluate, write_report
 
     rows = []
-    for i, (kind, label, strength, params) in enumerate([
+    for i, (kind, label, strength, params) in enumerate(specs):
+        synth = f"synth/test/{label}/{i}_{kind}.jpg"
+        (root / synth).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 64), (40 * i, 90, 120)).save(root / synth)
+        rows.append(ManifestRow("test", label, f"test/{label}/{i}.png", "src.jpg", f"scene:{i}", kind, strength, synth,
+                                json.dumps(params)))
+    with open(root / MANIFEST, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ManifestRow.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+
+
+def test_card_reports_the_subject_kinds_by_the_runners_share_of_the_frame(tmp_path: Path):
+    """The synthesis records `subject_share`; evaluation keeps it in each prediction, and the card bins the subject
+    blurs at visible strength by it (rows without a share, invisible strengths and other kinds left out)."""
+    from trainer.card import card_metrics, subject_share_bins
+    from trainer.evaluate import evaluate, write_report
+
+    _write_test_manifest(tmp_path, [
         ("subject_defocus", "defocused_object_portrait", 12.0, {"subject_share": 0.02}),
         ("subject_defocus", "defocused_object_portrait", 12.0, {"subject_share": 0.4}),
         ("subject_defocus", "defocused_object_portrait", 4.0, {"subject_share": 0.4}),   # below visible: left out
         ("subject_motion", "motion_blurred", 30.0, {"subject_share": 0.1}),
         ("subject_motion", "motion_blurred", 30.0, {}),                                 # no share recorded
         ("panning", "sharp", 40.0, {"subject_share": 0.1}),                             # not a subject blur
-    ]):
-        synth = f"synth/test/{label}/{i}_{kind}.jpg"
-        (tmp_path / synth).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (96, 64), (40 * i, 90, 120)).save(tmp_path / synth)
-        rows.append(ManifestRow("test", label, f"test/{label}/{i}.png", "src.jpg", f"scene:{i}", kind, strength, synth,
-                                json.dumps(params)))
-    with open(tmp_path / MANIFEST, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(ManifestRow.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    ])
 
     rep = evaluate(None, tmp_path, "test")   # the bundled model; only the bins are checked, not its verdicts
     assert [p["subject_share"] for p in rep.predictions] == [0.02, 0.4, 0.4, 0.1, 0.0, 0.1]
@@ -204,32 +210,16 @@ def test_card_reports_the_subject_kinds_by_the_runners_share_of_the_frame(tmp_pa
 def test_evaluation_reports_shake_recall_by_extent_as_well_as_by_path_length(tmp_path: Path):
     """An oscillating shake path doubles back, so its length (the strength) can be twice its spread: evaluation
     bins shake by the recorded `extent_px` too, and the card prints both (other kinds have no extent bins)."""
-    import csv
-    from dataclasses import asdict
-
-    from PIL import Image
-
     from trainer.card import card_metrics
-    from trainer.dataset import MANIFEST, ManifestRow
     from trainer.evaluate import evaluate, format_report, write_report
 
-    rows = []
-    for i, (kind, label, strength, params) in enumerate([
+    _write_test_manifest(tmp_path, [
         ("shake", "motion_blurred", 26.0, {"extent_px": 14.0}),
         ("shake", "motion_blurred", 50.0, {"extent_px": 40.0}),
         ("shake", "motion_blurred", 30.0, {}),                       # a manifest without the extent: no extent bin
         ("linear_motion", "motion_blurred", 30.0, {"angle": 10.0}),
         ("clean", "sharp", 0.0, {}),
-    ]):
-        synth = f"synth/test/{label}/{i}_{kind}.jpg"
-        (tmp_path / synth).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (96, 64), (40 * i, 90, 120)).save(tmp_path / synth)
-        rows.append(ManifestRow("test", label, f"test/{label}/{i}.png", "src.jpg", f"scene:{i}", kind, strength, synth,
-                                json.dumps(params)))
-    with open(tmp_path / MANIFEST, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(ManifestRow.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    ])
 
     rep = evaluate(None, tmp_path, "test")   # the bundled model; only the bins are checked, not its verdicts
     assert [b for b in rep.by_strength["shake"]] == ["24-32px", "48-64px"]
