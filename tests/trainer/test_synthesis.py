@@ -221,7 +221,7 @@ def test_motion_paths_record_their_extent_at_2048_px_whatever_the_image_size(kin
 
 
 @pytest.mark.parametrize("kind", ["subject_defocus", "subject_motion", "bokeh", "panning"])
-def test_mask_kinds_record_the_runners_share_of_the_frame_without_drawing_a_random_number(kind: str) -> None:
+def test_mask_kinds_record_the_runners_share_of_the_frame_at_any_image_size(kind: str) -> None:
     """`subject_share`: the share of the frame the mask covers (recall of the subject kinds depends on it); at any
     image size, and only for the kinds that take a mask."""
     h, w = 256, 256
