@@ -2,7 +2,9 @@
 
 Only the ONNX run is timed (the engine's `predict` on already preprocessed batches, its own session options); the
 decode and resize that dominate a photo's cost (bench/README.md) do not depend on the model. Passes alternate
-between the models so that load from other processes touches them alike; the median pass is reported.
+between the models so that load from other processes touches them alike; the median pass is reported. Models of
+different input sizes (e.g. a MobileNetV2 fine-tuned with `blurflag-train imagenet --imgsz 320`) each get the same
+photos preprocessed for their own input.
 
     .venv/bin/python bench/inference_cost.py models WORK/ensemble --images ../shared/data/race --passes 7
 """
@@ -34,29 +36,30 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     classifiers = [load_classifier(m) for m in args.models]
-    spec = classifiers[0].spec
-    if any(c.spec != spec for c in classifiers):
-        ap.error("the models read different inputs; compare models of one input pipeline")
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[: args.count]
     if not paths:
         ap.error(f"no photos under {args.images}")
-    x = np.stack([load_model_input(p, spec) for p in paths])
-    batches = [x[i : i + args.batch] for i in range(0, len(x), args.batch)]
-    for c in classifiers:  # warm-up
-        c.predict(batches[0])
+    inputs = {}  # one preprocessed set per input pipeline
+    for c in classifiers:
+        if c.spec not in inputs:
+            inputs[c.spec] = np.stack([load_model_input(p, c.spec) for p in paths])
+    batches = [[x[i : i + args.batch] for i in range(0, len(x), args.batch)] for x in (inputs[c.spec] for c in classifiers)]
+    for c, bs in zip(classifiers, batches):  # warm-up
+        c.predict(bs[0])
     times: list[list[float]] = [[] for _ in classifiers]
     for _ in range(args.passes):
         for i, c in enumerate(classifiers):
             t0 = time.perf_counter()
-            for b in batches:
+            for b in batches[i]:
                 c.predict(b)
-            times[i].append((time.perf_counter() - t0) / len(x) * 1000)
+            times[i].append((time.perf_counter() - t0) / len(paths) * 1000)
     base = statistics.median(times[0])
-    print(f"{len(x)} images of {spec.size} px, batches of {args.batch}, {args.passes} alternating passes; "
+    print(f"{len(paths)} images, batches of {args.batch}, {args.passes} alternating passes; "
           "median ms per image (min-max):")
-    for m, t in zip(args.models, times):
+    for m, c, t in zip(args.models, classifiers, times):
         med = statistics.median(t)
-        print(f"  {str(m):40s} {med:7.2f} ms  ({min(t):.2f}-{max(t):.2f})  x{med / base:.2f} of the first")
+        print(f"  {str(m):40s} {c.spec.size:4d} px {med:7.2f} ms  ({min(t):.2f}-{max(t):.2f})  "
+              f"x{med / base:.2f} of the first")
     return 0
 
 
