@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in classifiers:
         if c.spec not in inputs:
             inputs[c.spec] = np.stack([load_model_input(p, c.spec) for p in paths])
-    batches = [[x[i : i + args.batch] for i in range(0, len(x), args.batch)] for x in (inputs[c.spec] for c in classifiers)]
+    batches = [[inputs[c.spec][i : i + args.batch] for i in range(0, len(paths), args.batch)] for c in classifiers]
     for c, bs in zip(classifiers, batches):  # warm-up
         c.predict(bs[0])
     times: list[list[float]] = [[] for _ in classifiers]
