@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.dataset import SHARP_BACKGROUND_MIN, SUBJECT_KINDS
 from trainer.evaluate import Interval, wilson
 
 #: "Clearly visible at delivery size", px at a 2048-px long side: disk radius for defocus, path length for motion.
@@ -26,6 +28,27 @@ BLUR_OF_KIND = {
 
 #: Bins of the runner's share of the frame (the synthesis records it for the mask kinds as `subject_share`).
 SHARE_EDGES = (0.0, 0.03, 0.06, 0.12, 0.25, 1.0)
+#: A background below this mean sharpness (`trainer.dataset.background_sharpness`: flat or already soft) leaves a
+#: subject-blurred frame nothing sharp to show which part is out of focus: the gate `--subject-background` measured
+#: (models/MODEL_CARD.md, "Subject defocus on a soft background").
+SOFT_BACKGROUND = SHARP_BACKGROUND_MIN
+
+
+def _subject_bins(predictions: list[dict[str, Any]], names: Sequence[str],
+                  bin_of: Callable[[dict[str, Any]], int | None]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Right / total of the subject blurs at visible strength, per kind and bin (`bin_of`: an index into `names`, or
+    None to leave a prediction out); empty bins are dropped."""
+    out: dict[str, list[list[int]]] = {}
+    for p in predictions:
+        if p["kind"] not in SUBJECT_KINDS or not _is_visible_blur(p):
+            continue
+        i = bin_of(p)
+        if i is None:
+            continue
+        b = out.setdefault(p["kind"], [[0, 0] for _ in names])[i]
+        b[0] += p["top_class"] == p["label"]
+        b[1] += 1
+    return {k: {n: (h, t) for n, (h, t) in zip(names, bins) if t} for k, bins in sorted(out.items())}
 
 
 def subject_share_bins(predictions: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
@@ -33,22 +56,12 @@ def subject_share_bins(predictions: list[dict[str, Any]]) -> dict[str, dict[str,
 
     Predictions without a recorded share (datasets made before 2026-12-06 night) are left out."""
     names = [f"{lo:.0%}-{hi:.0%}" for lo, hi in zip(SHARE_EDGES[:-2], SHARE_EDGES[1:-1])] + [f">={SHARE_EDGES[-2]:.0%}"]
-    out: dict[str, list[list[int]]] = {}
-    for p in predictions:
+
+    def bin_of(p: dict[str, Any]) -> int | None:
         share = float(p.get("subject_share") or 0.0)
-        if p["kind"] not in ("subject_defocus", "subject_motion") or share <= 0 or not _is_visible_blur(p):
-            continue
-        i = sum(share >= e for e in SHARE_EDGES[1:-1])   # the bin's index
-        b = out.setdefault(p["kind"], [[0, 0] for _ in names])[i]
-        b[0] += p["top_class"] == p["label"]
-        b[1] += 1
-    return {k: {n: (h, t) for n, (h, t) in zip(names, bins) if t} for k, bins in sorted(out.items())}
+        return sum(share >= e for e in SHARE_EDGES[1:-1]) if share > 0 else None
 
-
-#: A background below this mean sharpness (`trainer.dataset.background_sharpness`: flat or already soft) leaves a
-#: subject-blurred frame nothing sharp to show which part is out of focus (models/MODEL_CARD.md, "Subject defocus on a
-#: soft background"; the same value as `--subject-background`'s measured gate).
-SOFT_BACKGROUND = 0.05
+    return _subject_bins(predictions, names, bin_of)
 
 
 def subject_background_split(predictions: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
@@ -56,15 +69,12 @@ def subject_background_split(predictions: list[dict[str, Any]]) -> dict[str, dic
 
     Predictions without a recorded background (training splits; datasets made before 2026-12-06 late) are left out."""
     names = (f"background >= {SOFT_BACKGROUND:g}", f"background < {SOFT_BACKGROUND:g}")
-    out: dict[str, list[list[int]]] = {}
-    for p in predictions:
+
+    def bin_of(p: dict[str, Any]) -> int | None:
         background = p.get("background_sharpness")
-        if p["kind"] not in ("subject_defocus", "subject_motion") or background is None or not _is_visible_blur(p):
-            continue
-        b = out.setdefault(p["kind"], [[0, 0], [0, 0]])[int(float(background) < SOFT_BACKGROUND)]
-        b[0] += p["top_class"] == p["label"]
-        b[1] += 1
-    return {k: {n: (h, t) for n, (h, t) in zip(names, bins) if t} for k, bins in sorted(out.items())}
+        return None if background is None else int(float(background) < SOFT_BACKGROUND)
+
+    return _subject_bins(predictions, names, bin_of)
 
 
 def _fmt(i: Interval) -> str:
@@ -131,13 +141,12 @@ def card_metrics(work: Path) -> str:
         for kind, bins in table.items():
             cells = ", ".join(f"{b}: {v['count']}/{v['total']}" for b, v in bins.items())
             lines.append(f"- {kind}{how}: {cells}")
-    for kind, bins in subject_share_bins(test["predictions"]).items():
-        cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
-        lines.append(f"- {kind} at visible strength by the runner's share of the frame: {cells}")
-    for kind, bins in subject_background_split(test["predictions"]).items():
-        cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
-        lines.append(f"- {kind} at visible strength by how sharp the rest of the frame is (below "
-                     f"{SOFT_BACKGROUND:g} nothing sharp is left to show which part is soft): {cells}")
+    for split_by, how in ((subject_share_bins, "the runner's share of the frame"),
+                          (subject_background_split, "how sharp the rest of the frame is (below "
+                           f"{SOFT_BACKGROUND:g} nothing sharp is left to show which part is soft)")):
+        for kind, bins in split_by(test["predictions"]).items():
+            cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
+            lines.append(f"- {kind} at visible strength by {how}: {cells}")
     for split, ev in (("test", test), ("val", _load(work / "evaluation_val.json"))):
         lines += ["", f"### Per-class recall and confusion ({split} split, {ev['count']} images)", ""]
         names = ev["names"]

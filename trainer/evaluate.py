@@ -74,25 +74,21 @@ def wilson(k: int, n: int, z: float = 1.96) -> Interval:
 EXTENT_KINDS = ("shake",)
 
 
-def _optional_param(params: str, key: str) -> float | None:
-    """One number of a manifest row's synthesis parameters (None when absent or unreadable)."""
-    if not params:
-        return None
+def _params(text: str) -> dict[str, Any]:
+    """A manifest row's synthesis parameters (empty when absent or unreadable)."""
     try:
-        value = json.loads(params).get(key)
-        return None if value is None else float(value)
-    except (ValueError, TypeError, AttributeError):
+        params = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
+def _number(params: dict[str, Any], key: str) -> float | None:
+    """One number of them (None when absent or not a number)."""
+    try:
+        return None if params.get(key) is None else float(params[key])
+    except (TypeError, ValueError):
         return None
-
-
-def _param(params: str, key: str) -> float:
-    """The same, 0.0 when absent or unreadable."""
-    value = _optional_param(params, key)
-    return 0.0 if value is None else value
-
-
-def _extent(kind: str, params: str) -> float:
-    return _param(params, "extent_px") if kind in EXTENT_KINDS else 0.0
 
 
 def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
@@ -109,8 +105,10 @@ def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
                 path = Path(r.source)
             else:
                 path = dataset_dir / r.file
-            out.append(Sample(path, r.label, r.kind, r.strength_px, r.group, _extent(r.kind, r.params),
-                              _param(r.params, "subject_share"), _optional_param(r.params, "background_sharpness")))
+            params = _params(r.params)   # (parsed once per row)
+            extent = _number(params, "extent_px") if r.kind in EXTENT_KINDS else None
+            out.append(Sample(path, r.label, r.kind, r.strength_px, r.group, extent or 0.0,
+                              _number(params, "subject_share") or 0.0, _number(params, "background_sharpness")))
         return out
     root = dataset_dir / split if (dataset_dir / split).is_dir() else dataset_dir
     samples = []
