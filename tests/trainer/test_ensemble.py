@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from trainer.cli import main
 from trainer.ensemble import (
     ENSEMBLE_METADATA_KEY,
+    PRIOR_METADATA_KEY,
     build_ensemble,
     combine_probabilities,
     is_ensemble,
@@ -97,8 +98,7 @@ def test_ensemble_gives_the_members_combined_probabilities(members, photos, tmp_
                                                                        abs=1e-5)
 
 
-@pytest.mark.parametrize("key, value", [("imgsz", "[256, 256]"), ("blurflag_reducing_gap", "none"),
-                                        ("blurflag_resize", "center_crop")])
+@pytest.mark.parametrize("key, value", [("blurflag_reducing_gap", "none"), ("blurflag_resize", "center_crop")])
 def test_members_that_disagree_on_the_input_pipeline_are_refused(members, tmp_path: Path, key: str,
                                                                  value: str) -> None:
     odd = _member(tmp_path, "odd", **{key: value})
@@ -160,3 +160,91 @@ def test_each_member_can_be_taken_back_out(members, photos, tmp_path: Path, comb
         np.testing.assert_allclose(out, load_classifier(m).predict(batch), atol=1e-6)
     with pytest.raises(ValueError, match="member 2"):
         member_model(proto, 2)
+
+
+@pytest.mark.parametrize("combine", ["mean", "geomean"])
+def test_a_prior_on_sharp_reweights_the_combined_probabilities(members, photos, tmp_path: Path, combine: str) -> None:
+    import onnxruntime as ort
+
+    plain = build_ensemble(members, tmp_path / "plain", combine, photos, half=True)
+    report = build_ensemble(members, tmp_path / "prior", combine, photos, half=True, prior={"sharp": 2.5})
+    assert report.max_abs_diff <= 0.05 and plain.max_abs_diff <= 0.05  # parity checked against the reweighted mean
+    ens, base = load_classifier(tmp_path / "prior"), load_classifier(tmp_path / "plain")
+    batch = np.stack([load_model_input(p, ens.spec) for p in photos])
+    p, q = base.predict(batch), ens.predict(batch)
+    w = np.where(np.array(ens.names) == "sharp", 2.5, 1.0)
+    np.testing.assert_allclose(q, p * w / (p * w).sum(axis=1, keepdims=True), atol=1e-5)
+    k = ens.names.index("sharp")
+    assert np.all(q[:, k] > p[:, k])  # every image leans towards sharp, and the rest keep their proportions
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-5)
+    assert json.loads(ens.info.metadata[PRIOR_METADATA_KEY]) == {
+        n: (2.5 if n == "sharp" else 1.0) for n in ens.names}
+    assert PRIOR_METADATA_KEY not in base.info.metadata
+    # the members come back out unchanged, and a prior of 1 is no prior: the plain graph, node for node
+    proto = onnx.load(str(tmp_path / "prior" / "blurflag.onnx"))
+    out = ort.InferenceSession(member_model(proto, 1).SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"images": batch})[0]
+    np.testing.assert_allclose(out, load_classifier(members[1]).predict(batch), atol=2e-3)  # float16 storage
+    build_ensemble(members, tmp_path / "one", combine, half=True, prior={"sharp": 1.0})
+    assert len(onnx.load(str(tmp_path / "one" / "blurflag.onnx")).graph.node) == len(
+        onnx.load(str(tmp_path / "plain" / "blurflag.onnx")).graph.node)
+
+
+def test_bad_priors_are_refused_before_anything_is_written(members, tmp_path: Path, capsys) -> None:
+    for prior, match in (({"blurry": 2.0}, "does not have"), ({"sharp": 0.0}, "positive"),
+                         ({"sharp": float("nan")}, "positive")):
+        with pytest.raises(ValueError, match=match):
+            build_ensemble(members, tmp_path / "ens", prior=prior)
+        assert not (tmp_path / "ens" / "blurflag.onnx").exists()
+    assert main(["ensemble", str(tmp_path / "ens"), str(members[0]), str(members[1]), "--prior", "sharp"]) == 1
+    assert "CLASS=WEIGHT" in capsys.readouterr().err
+    assert main(["ensemble", str(tmp_path / "ens"), str(members[0]), str(members[1]), "--prior", "sharp=2"]) == 0
+    assert json.loads(load_classifier(tmp_path / "ens").info.metadata[PRIOR_METADATA_KEY])["sharp"] == 2.0
+
+
+def _at_size(member: Path, out: Path, size: int) -> Path:
+    """A copy of a member exported for another input size (YOLOv8n-cls pools globally, so it runs at any size)."""
+    out.mkdir()
+    shutil.copy2(member / "class_names.json", out / "class_names.json")
+    proto = onnx.load(str(member / "blurflag.onnx"))
+    for axis in (2, 3):
+        proto.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = size
+    del proto.graph.value_info[:]
+    for p in proto.metadata_props:
+        if p.key == "imgsz":
+            p.value = str([size, size])
+    onnx.save(proto, str(out / "blurflag.onnx"))
+    return out
+
+
+def test_members_of_different_input_sizes_share_the_largest(members, photos, tmp_path: Path, capsys) -> None:
+    """A 224-px member beside a 320-px one: the graph takes 320 px and resizes inside for the smaller member; parity
+    is exact against that resize, and the difference from feeding the member its own input is reported."""
+    from trainer.ensemble import resize_batch
+
+    big = _at_size(members[1], tmp_path / "big", 320)
+    report = build_ensemble([big, members[0]], tmp_path / "ens", "mean", photos)
+    assert report.max_abs_diff <= 1e-5 and report.resample_max_abs_diff > 0
+    ens = load_classifier(tmp_path / "ens")
+    assert ens.spec.size == 320
+    batch = np.stack([load_model_input(p, ens.spec) for p in photos])
+    small = resize_batch(batch, 224)
+    assert small.shape == (len(photos), 3, 224, 224)
+    expected = (load_classifier(big).predict(batch) + load_classifier(members[0]).predict(small)) / 2
+    np.testing.assert_allclose(ens.predict(batch), expected, atol=1e-5)
+    # the smaller member comes back out at its own size, and runs as it did alone
+    proto = onnx.load(str(tmp_path / "ens" / "blurflag.onnx"))
+    alone = member_model(proto, 1)
+    assert [d.dim_value for d in alone.graph.input[0].type.tensor_type.shape.dim][2:] == [224, 224]
+    assert {p.key: p.value for p in alone.metadata_props}["imgsz"] == "[224, 224]"
+    own = np.stack([load_model_input(p, load_classifier(members[0]).spec) for p in photos])
+    import onnxruntime as ort
+    out = ort.InferenceSession(alone.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
+        "images": own})[0]
+    np.testing.assert_allclose(out, load_classifier(members[0]).predict(own), atol=1e-6)
+    assert {p.key: p.value for p in member_model(proto, 0).metadata_props}["imgsz"] == "[320, 320]"
+    assert main(["ensemble", str(tmp_path / "cli"), str(big), str(members[0])]) == 0
+    assert "2 members" in capsys.readouterr().out
+    odd = _member(tmp_path, "odd", imgsz="[224, 160]")
+    with pytest.raises(ValueError, match="square"):
+        build_ensemble([members[0], odd], tmp_path / "ens2")
