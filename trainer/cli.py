@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -594,7 +595,7 @@ def _main(argv: Sequence[str] | None) -> int:
                                  _prior(args.prior))
             print(f"wrote {ens.model_dir}: {ens.members} members, classes {list(ens.names)}; "
                   f"parity max |dp| = {ens.max_abs_diff:.2e} on {ens.images_checked} images")
-            if ens.resample_max_abs_diff == ens.resample_max_abs_diff:  # (not nan: members of another input size)
+            if not math.isnan(ens.resample_max_abs_diff):  # members of a smaller input size
                 print(f"members of a smaller input size, resized inside the graph: max |dp| = "
                       f"{ens.resample_max_abs_diff:.2e} against each member fed its own input made from the photo")
             code = 0

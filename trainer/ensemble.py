@@ -8,6 +8,7 @@ names, input size, resize mode and reducing gap.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -99,11 +100,12 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean", half: bool =
     raw = [Path(f).read_bytes() for f in member_files]  # read once: parsed here, hashed for the metadata below
     protos = [store_float32(onnx.load_from_string(b)) for b in raw]  # one storage for all; `half` below
     metas = [{p.key: p.value for p in m.metadata_props} for m in protos]
+    sizes = []   # each member's (square) input side
     for f, m, meta in zip(member_files, protos, metas):
         if len(m.graph.input) != 1 or len(m.graph.output) != 1:
             raise ValueError(f"{f}: expected one input and one output, got {len(m.graph.input)} and "
                              f"{len(m.graph.output)}")
-        _square_size(f, meta, m)
+        sizes.append(_square_size(f, meta, m))
         for key in MUST_AGREE:
             if meta.get(key) != metas[0].get(key):
                 raise ValueError(f"{f}: its {key!r} ({meta.get(key)!r}) differs from the first member's "
@@ -117,7 +119,6 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean", half: bool =
                 sorted((o.domain, o.version) for o in protos[0].opset_import):
             raise ValueError(f"{f}: exported with other opsets than the first member; export both alike")
     first = protos[0]
-    sizes = [_square_size(f, meta, m) for f, meta, m in zip(member_files, metas, protos)]
     size = max(sizes)
     largest = protos[sizes.index(size)]   # its input (name, shape) is the graph's
     input_name = largest.graph.input[0].name
@@ -216,8 +217,6 @@ def resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
 
 def _square_size(path: Path, meta: dict[str, str], proto: onnx.ModelProto) -> int:
     """A member's input side: its `imgsz` metadata (ultralytics' "[224, 224]"), else its input's static shape."""
-    import ast
-
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     try:
         size = ast.literal_eval(meta["imgsz"]) if "imgsz" in meta else dims[2:4]
@@ -234,8 +233,6 @@ def _square_size(path: Path, meta: dict[str, str], proto: onnx.ModelProto) -> in
 
 def _metadata_names(meta: dict[str, str]) -> list[str]:
     """The class names in output order, from a model's `names` metadata (ultralytics' "{0: 'a', 1: 'b'}" form)."""
-    import ast
-
     names = ast.literal_eval(meta.get("names", "{}"))
     return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
 
