@@ -37,11 +37,11 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "bf16": "1"}
+                       "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "bf16": "0"}
+                       "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
