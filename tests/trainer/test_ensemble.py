@@ -180,7 +180,7 @@ def test_a_prior_on_sharp_reweights_the_combined_probabilities(members, photos, 
     assert json.loads(ens.info.metadata[PRIOR_METADATA_KEY]) == {
         n: (2.5 if n == "sharp" else 1.0) for n in ens.names}
     assert PRIOR_METADATA_KEY not in base.info.metadata
-    # the members come back out unchanged, and a prior of 1 is no prior: the plain graph, node for node
+    # the members come back out unchanged, and a prior of 1 adds no node
     proto = onnx.load(str(tmp_path / "prior" / "blurflag.onnx"))
     out = ort.InferenceSession(member_model(proto, 1).SerializeToString(),
                                providers=["CPUExecutionProvider"]).run(None, {"images": batch})[0]
@@ -220,6 +220,8 @@ def _at_size(member: Path, out: Path, size: int) -> Path:
 def test_members_of_different_input_sizes_share_the_largest(members, photos, tmp_path: Path, capsys) -> None:
     """A 224-px member beside a 320-px one: the graph takes 320 px and resizes inside for the smaller member; parity
     is exact against that resize, and the difference from feeding the member its own input is reported."""
+    import onnxruntime as ort
+
     from trainer.ensemble import resize_batch
 
     big = _at_size(members[1], tmp_path / "big", 320)
@@ -238,7 +240,6 @@ def test_members_of_different_input_sizes_share_the_largest(members, photos, tmp
     assert [d.dim_value for d in alone.graph.input[0].type.tensor_type.shape.dim][2:] == [224, 224]
     assert {p.key: p.value for p in alone.metadata_props}["imgsz"] == "[224, 224]"
     own = np.stack([load_model_input(p, load_classifier(members[0]).spec) for p in photos])
-    import onnxruntime as ort
     out = ort.InferenceSession(alone.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
         "images": own})[0]
     np.testing.assert_allclose(out, load_classifier(members[0]).predict(own), atol=1e-6)
