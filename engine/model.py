@@ -118,7 +118,7 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
         raise ModelLoadError(f"cannot load {onnx_files[0].name}: {exc}") from None
 
     metadata = dict(session.get_modelmeta().custom_metadata_map)
-    meta_names = _metadata_names(metadata)
+    meta_names = metadata_names(metadata)
     if meta_names is not None and meta_names != names:
         raise ModelLoadError(
             f"{names_file} {list(names)} disagrees with the ONNX metadata names {list(meta_names)}"
@@ -130,7 +130,7 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
     if isinstance(out_dim, int) and out_dim != len(names):
         raise ModelLoadError(f"the ONNX model has {out_dim} outputs but {names_file} names {len(names)} classes")
 
-    size = _input_size(metadata, inputs[0].shape)
+    size = input_size(metadata, inputs[0].shape)
     resize = metadata.get(RESIZE_METADATA_KEY, "center_crop")
     if resize not in ("stretch", "center_crop"):
         raise ModelLoadError(f"unknown resize mode {resize!r} in the ONNX metadata")
@@ -150,7 +150,8 @@ def _reducing_gap(metadata: dict[str, str]) -> float | None:
         raise ModelLoadError(f"bad {REDUCING_GAP_METADATA_KEY} in the ONNX metadata: {exc}") from None
 
 
-def _metadata_names(metadata: dict[str, str]) -> tuple[str, ...] | None:
+def metadata_names(metadata: dict[str, str]) -> tuple[str, ...] | None:
+    """The class names in output order from a model's `names` metadata (ultralytics' "{0: 'a', ...}"), if any."""
     text = metadata.get("names")
     if not text:
         return None
@@ -165,7 +166,8 @@ def _metadata_names(metadata: dict[str, str]) -> tuple[str, ...] | None:
     raise ModelLoadError("the ONNX metadata 'names' is neither a dict nor a list")
 
 
-def _input_size(metadata: dict[str, str], shape: list[Any]) -> int:
+def input_size(metadata: dict[str, str], shape: list[Any]) -> int:
+    """A model's square input side: its input's static shape, else its `imgsz` metadata."""
     dims = [d for d in shape[2:] if isinstance(d, int)]
     if len(dims) == 2:
         if dims[0] != dims[1]:
@@ -178,7 +180,9 @@ def _input_size(metadata: dict[str, str], shape: list[Any]) -> int:
         except (ValueError, SyntaxError):
             parsed = None
         values = list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
-        if values and all(isinstance(v, int) for v in values) and len(set(values)) == 1:
+        if values and all(isinstance(v, int) for v in values):
+            if len(set(values)) != 1:
+                raise ModelLoadError(f"only square model inputs are supported, got imgsz {values}")
             return int(values[0])
     raise ModelLoadError("cannot tell the model's input size (no static shape, no 'imgsz' metadata)")
 

@@ -8,7 +8,6 @@ names, input size, resize mode and reducing gap.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import re
@@ -22,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine import __version__
-from engine.model import CLASS_NAMES_FILE, REDUCING_GAP_METADATA_KEY, RESIZE_METADATA_KEY, load_classifier
+from engine.errors import ModelLoadError
+from engine.model import (
+    CLASS_NAMES_FILE,
+    REDUCING_GAP_METADATA_KEY,
+    RESIZE_METADATA_KEY,
+    input_size,
+    load_classifier,
+    metadata_names,
+)
 from engine.preprocess import load_model_input
 from trainer.export import ONNX_NAME
 from trainer.imagenet import ARCHITECTURE_METADATA_KEY
@@ -139,7 +146,8 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean", half: bool =
     scale = helper.make_tensor("ensemble/scale", TensorProto.FLOAT, [], [1.0 / n])
     inits.append(scale)
     output_name = first.graph.output[0].name
-    weights = _prior_weights(prior, _metadata_names(metas[0]))
+    names = _class_names(member_files[0], metas[0])
+    weights = _prior_weights(prior, names)
     combined = output_name if weights is None else "ensemble/combined"
     if combine == "mean":
         nodes.append(helper.make_node("Sum", outs, ["ensemble/sum"], name="ensemble/sum"))
@@ -159,7 +167,8 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean", half: bool =
         c = len(weights)
         inits.append(helper.make_tensor("ensemble/prior", TensorProto.FLOAT, [1, c], [float(w) for w in weights]))
         inits.append(helper.make_tensor("ensemble/ones", TensorProto.FLOAT, [c, c], [1.0] * (c * c)))
-        nodes.append(helper.make_node("Mul", [combined, "ensemble/prior"], ["ensemble/weighted"], name="ensemble/prior"))
+        nodes.append(helper.make_node("Mul", [combined, "ensemble/prior"], ["ensemble/weighted"],
+                                      name="ensemble/prior"))
         nodes.append(helper.make_node("MatMul", ["ensemble/weighted", "ensemble/ones"], ["ensemble/total"],
                                       name="ensemble/total"))
         nodes.append(helper.make_node("Div", ["ensemble/weighted", "ensemble/total"], [output_name],
@@ -182,7 +191,7 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean", half: bool =
     })
     meta.pop(PRIOR_METADATA_KEY, None)
     if weights is not None:
-        meta[PRIOR_METADATA_KEY] = json.dumps(dict(zip(_metadata_names(metas[0]), weights)))
+        meta[PRIOR_METADATA_KEY] = json.dumps(dict(zip(names, weights)))
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=str(v))
     onnx.checker.check_model(model)
@@ -216,25 +225,21 @@ def resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
 
 
 def _square_size(path: Path, meta: dict[str, str], proto: onnx.ModelProto) -> int:
-    """A member's input side: its `imgsz` metadata (ultralytics' "[224, 224]"), else its input's static shape."""
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    """A member's input side, read as the engine reads it (engine.model.input_size)."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
     try:
-        size = ast.literal_eval(meta["imgsz"]) if "imgsz" in meta else dims[2:4]
-    except (ValueError, SyntaxError):
-        size = None
-    if isinstance(size, int):
-        size = [size, size]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1] and int(size[0]) > 0):
-        raise ValueError(f"{path}: its 'imgsz' ({meta.get('imgsz')!r}) is not one square input size")
-    if all(d > 0 for d in dims[2:4]) and list(dims[2:4]) != [int(size[0])] * 2:
-        raise ValueError(f"{path}: its 'imgsz' ({meta.get('imgsz')!r}) disagrees with its input shape {dims}")
-    return int(size[0])
+        return input_size(meta, shape)
+    except ModelLoadError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
-def _metadata_names(meta: dict[str, str]) -> list[str]:
-    """The class names in output order, from a model's `names` metadata (ultralytics' "{0: 'a', 1: 'b'}" form)."""
-    names = ast.literal_eval(meta.get("names", "{}"))
-    return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+def _class_names(path: Path, meta: dict[str, str]) -> list[str]:
+    """A member's class names in output order, read as the engine reads them (engine.model.metadata_names)."""
+    try:
+        return list(metadata_names(meta) or ())
+    except ModelLoadError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _prior_weights(prior: dict[str, float] | None, names: Sequence[str]) -> list[float] | None:
