@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
     ap.add_argument("--blurs", type=int, default=240, help="visible blurs to sample (default 240)")
     ap.add_argument("--no-lift", action="store_true", help="the engine without its veil lift")
-    ap.add_argument("--whole-frame", action="store_true", help="the network alone: no veil lift, no quadrant check")
+    ap.add_argument("--whole-frame", action="store_true", help="the network alone: no veil or dark lift, no quadrant check")
     args = ap.parse_args(argv)
     config = None
     if args.whole_frame:
-        config = EngineConfig(tile_check=None, veil_gate=None)
+        config = EngineConfig.whole_frame()
     elif args.no_lift:
         config = EngineConfig(veil_gate=None)
     clf = load_classifier(args.model, config)

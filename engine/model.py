@@ -16,6 +16,7 @@ from PIL import Image
 from engine.errors import InvalidBlurTypeError, ModelLoadError, UnreadableImageError
 from engine.paths import default_model_dir
 from engine.preprocess import (
+    DARK_GATE,
     DEFAULT_MAX_PIXELS,
     VEIL_GATE,
     InputSpec,
@@ -48,6 +49,12 @@ class EngineConfig:
     draft_factor: float | None = None  # None: the model's default (see InputSpec)
     tile_check: TileCheck | None = field(default_factory=TileCheck)  # None: the whole frame only (engine.tiles)
     veil_gate: int | None = VEIL_GATE  # lift a bright veil from views this bright at their darkest (engine.preprocess)
+    dark_gate: int | None = DARK_GATE  # bring up frames whose white point is below this (engine.preprocess.lift_dark)
+
+    @classmethod
+    def whole_frame(cls, **kwargs: Any) -> EngineConfig:
+        """The network's whole-frame verdict alone: no quadrant check, no veil or dark lift (earlier reports')."""
+        return cls(tile_check=None, veil_gate=None, dark_gate=None, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,8 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
     if resize not in ("stretch", "center_crop"):
         raise ModelLoadError(f"unknown resize mode {resize!r} in the ONNX metadata")
     spec_kwargs: dict[str, Any] = {"size": size, "resize": resize, "max_pixels": config.max_pixels,
-                                   "reducing_gap": _reducing_gap(metadata), "veil_gate": config.veil_gate}
+                                   "reducing_gap": _reducing_gap(metadata), "veil_gate": config.veil_gate,
+                                   "dark_gate": config.dark_gate}
     if config.draft_factor is not None:
         spec_kwargs["draft_factor"] = config.draft_factor
     info = ModelInfo(onnx_files[0], names, InputSpec(**spec_kwargs), metadata)
@@ -234,6 +242,8 @@ class BlurClassifier:
         rule = self.tile_check.describe() if self.tile_check is not None else "whole frame"
         if self.spec.veil_gate is not None:
             rule += f"; veil lifted from views at least {self.spec.veil_gate} at their darkest 0.5%"
+        if self.spec.dark_gate is not None:
+            rule += f"; frames below {self.spec.dark_gate} at their brightest 0.5% brought up"
         return rule
 
     def wants_tiles(self, probs: np.ndarray) -> bool:

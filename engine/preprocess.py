@@ -12,7 +12,9 @@ covers ``draft_factor`` times the input size (``original_draft_factor`` for came
 ``original_side``); bench/README.md reports the measured effect.
 
 At inference, a view whose darkest pixels are far from black (a bright veil of haze, mist, fog or backlit glare
-over the scene) has that veil lifted before the network sees it (`lift_veil`, `InputSpec.veil_gate`).
+over the scene) has that veil lifted before the network sees it (`lift_veil`, `InputSpec.veil_gate`), and an
+underexposed frame, whose brightest pixels are far from white, is brought up to a normal exposure
+(`lift_dark`, `InputSpec.dark_gate`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ VEIL_GATE = 69
 #: Share of a view's pixels allowed below its black point.
 _VEIL_PERCENTILE = 0.005
 
+#: Dark lift (engine default, `InputSpec.dark_gate`): a frame whose white point (dark_white_point: the brightest of
+#: its channels' 99.5th percentiles, on the model-sized view) is below this 8-bit sRGB value (linear 0.26: about 2
+#: stops under a white at 255) is underexposed and gets a gain in linear light (lift_dark). MODEL_CARD.md ("Dark
+#: frames") measures it: 3 of the 917 real photos of ../shared and from outside it are that dark, and 12 of 2,452
+#: held-out synthetic images; it undoes most of what 2.7 stops of underexposure cost.
+DARK_GATE = 140
+#: The 8-bit value a lifted frame's white point is brought to, and the largest gain (3 stops) a frame gets.
+DARK_TARGET = 235
+DARK_MAX_GAIN = 8.0
+#: Share of a view's pixels allowed above its white point.
+_DARK_PERCENTILE = 0.005
+
 #: The reducing gap BlurFlag trains new models with. Measured (bench/throughput.py --draft-check): it moved a model
 #: trained without it by at most 0.024 on the shared race photos, and it cuts the 2048-px resize from 19 to 6 ms.
 TRAIN_REDUCING_GAP = 3.0
@@ -75,6 +89,8 @@ class InputSpec:
     # At inference (preprocess), lift a veil from views whose darkest pixels reach this sRGB value (lift_veil);
     # None: never (what dataset preparation writes, and the network alone).
     veil_gate: int | None = None
+    # At inference (preprocess), brighten frames whose white point is below this sRGB value (lift_dark); None: never.
+    dark_gate: int | None = None
 
     @property
     def filter(self) -> Image.Resampling:
@@ -261,15 +277,53 @@ def lift_veil(img: Image.Image, black: np.ndarray) -> Image.Image:
     return img.point(lut)
 
 
+def dark_white_point(img: Image.Image) -> int:
+    """The brightest of the image's channels' white points: the 8-bit value that 99.5% of its pixels stay at or below."""
+    hist = np.asarray(img.histogram(), dtype=np.int64).reshape(-1, 256)  # one row per channel (Pillow's C histogram)
+    cum = np.cumsum(hist, axis=1)
+    limit = (1.0 - _DARK_PERCENTILE) * cum[0, -1]
+    return max(int(np.searchsorted(row, limit, side="left")) for row in cum)
+
+
+def lift_dark(img: Image.Image, white: int) -> Image.Image:
+    """`img` brought up from underexposure: a gain in linear light that takes its `white` point to DARK_TARGET.
+
+    Exposure scales the light of the whole scene, x -> k * x in linear light, so a gain is its inverse (up to the
+    highlights the camera clipped and the noise it added); at most DARK_MAX_GAIN. The network, trained on photos
+    exposed for the runner, finds less blur in a frame 2.7 stops too dark and calls more sharp frames blurred
+    (MODEL_CARD.md, "Dark frames"). Blur is kept as it is.
+    """
+    lo = SRGB8_TO_LINEAR[max(int(white), 1)]
+    gain = min(DARK_MAX_GAIN, SRGB8_TO_LINEAR[DARK_TARGET] / lo)
+    return img.point(linear_to_srgb8(np.minimum(SRGB8_TO_LINEAR * gain, 1.0)).tolist() * 3)
+
+
+def exposed(img: Image.Image, spec: InputSpec) -> tuple[Image.Image, Image.Image]:
+    """`img` and its model-sized view, both brought up from underexposure where `spec.dark_gate` calls for it.
+
+    The gate looks at the model-sized view (cheap); the gain goes on the decoded image, before the resize, so that
+    the view is made from all its levels (as lift_veil). The quadrant check (engine.tiles) lifts its second decode
+    of the frame so as well, before it cuts the views out: one frame, one exposure.
+    """
+    model_image = to_model_image(img, spec)
+    if spec.dark_gate is not None:
+        white = dark_white_point(model_image)
+        if white < spec.dark_gate:
+            img = lift_dark(img, white)
+            model_image = to_model_image(img, spec)
+    return img, model_image
+
+
 def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
     """An already decoded RGB image to one model input (3xSxS float32).
 
-    With `spec.veil_gate`, a view whose black point (veil_black_point of the model-sized view) reaches the gate in
-    every channel is made again from the decoded image with its veil lifted (lift_veil): lifting the 8-bit model-sized
-    view instead would stretch its few remaining levels into steps, which cost a third of the defocus found under
-    thick veils (MODEL_CARD.md, "Haze and fog").
+    With `spec.dark_gate`, an underexposed frame is brought up first (exposed). With `spec.veil_gate`, a view whose
+    black point (veil_black_point of the model-sized view) reaches the gate in every channel is made again from the
+    decoded image with its veil lifted (lift_veil): lifting the 8-bit model-sized view instead would stretch its few
+    remaining levels into steps, which cost a third of the defocus found under thick veils (MODEL_CARD.md, "Haze and
+    fog").
     """
-    model_image = to_model_image(img, spec)
+    img, model_image = exposed(img, spec)
     if spec.veil_gate is not None:
         black = veil_black_point(model_image)
         if int(black.min()) >= spec.veil_gate:

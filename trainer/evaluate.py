@@ -132,10 +132,10 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample], whole_fr
     """Run the engine over labelled samples and compute the report.
 
     Args:
-        whole_frame: without the engine's quadrant check (engine.tiles) and veil lift (engine.preprocess): the
-            network's whole-frame verdict alone.
+        whole_frame: without the engine's quadrant check (engine.tiles) and veil and dark lifts (engine.preprocess):
+            the network's whole-frame verdict alone.
     """
-    classifier = load_classifier(model_dir, EngineConfig(tile_check=None, veil_gate=None) if whole_frame else None)
+    classifier = load_classifier(model_dir, EngineConfig.whole_frame() if whole_frame else None)
     names = list(classifier.names)
     index = {n: i for i, n in enumerate(names)}
     confusion = [[0] * len(names) for _ in names]

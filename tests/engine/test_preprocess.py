@@ -251,3 +251,78 @@ def test_a_sharp_photo_in_thick_fog_is_not_flagged(sample: str) -> None:
     img = Image.open(Path(__file__).resolve().parents[2] / "resources/samples" / sample).convert("RGB")
     result = load_classifier().classify_image(_veiled(img, t=0.25))
     assert result.top_class == "sharp", result.classification
+
+
+# --- dark lift (engine.preprocess.lift_dark) ---------------------------------------------------------------------
+
+
+def _underexposed(img: Image.Image, k: float = 0.15) -> Image.Image:
+    """`img` with k times its light (0.15: about 2.7 stops under), in linear light, as a camera would record it."""
+    from engine.preprocess import SRGB8_TO_LINEAR, linear_to_srgb8
+
+    return Image.fromarray(linear_to_srgb8(SRGB8_TO_LINEAR[np.asarray(img.convert("RGB"))] * k))
+
+
+def test_white_point_is_the_half_percent_brightest_of_the_brightest_channel() -> None:
+    from engine.preprocess import dark_white_point
+
+    arr = np.full((100, 100, 3), 50, np.uint8)
+    arr.reshape(-1, 3)[:40, 2] = 250  # 0.4% of the blue channel bright: over the percentile
+    assert dark_white_point(Image.fromarray(arr)) == 50
+    arr.reshape(-1, 3)[:60, 0] = 200  # 0.6% of the red one: under it
+    assert dark_white_point(Image.fromarray(arr)) == 200
+
+
+def test_a_well_exposed_frame_is_left_alone_and_an_underexposed_one_is_brought_up() -> None:
+    from engine.preprocess import DARK_GATE, DARK_TARGET, SRGB8_TO_LINEAR, dark_white_point
+
+    on = InputSpec(size=64, resize="stretch", dark_gate=DARK_GATE)
+    off = replace(on, dark_gate=None)
+    day = scene(2, (300, 200))
+    assert dark_white_point(to_model_image(day, on)) >= DARK_GATE
+    np.testing.assert_array_equal(preprocess(day, on), preprocess(day, off))
+
+    dusk = _underexposed(day)
+    assert dark_white_point(to_model_image(dusk, on)) < DARK_GATE
+    lifted = preprocess(dusk, on)
+    assert abs(dark_white_point(Image.fromarray(np.round(lifted.transpose(1, 2, 0) * 255).astype(np.uint8)))
+               - DARK_TARGET) <= 3
+    lin = {name: SRGB8_TO_LINEAR[np.round(x * 255).astype(np.uint8)] for name, x in
+           (("day", preprocess(day, off)), ("dusk", preprocess(dusk, off)), ("lifted", lifted))}
+    assert lin["lifted"].mean() > 4 * lin["dusk"].mean()
+    for c in range(3):  # a gain: every edge where it was, the day's view up to a scale
+        assert np.corrcoef(lin["day"][c].ravel(), lin["lifted"][c].ravel())[0, 1] > 0.99
+
+
+def test_the_gain_is_capped_and_a_black_frame_stays_black() -> None:
+    from engine.preprocess import DARK_GATE, DARK_MAX_GAIN, SRGB8_TO_LINEAR, lift_dark
+
+    night = Image.new("RGB", (32, 32), (3, 3, 3))
+    lifted = np.asarray(lift_dark(night, 3))
+    assert SRGB8_TO_LINEAR[lifted[0, 0, 0]] == pytest.approx(DARK_MAX_GAIN * SRGB8_TO_LINEAR[3], rel=0.1)
+    spec = InputSpec(size=16, resize="stretch", dark_gate=DARK_GATE)
+    assert preprocess(Image.new("RGB", (32, 32)), spec).max() == 0
+
+
+def test_the_quadrant_check_brings_up_the_frame_not_a_dark_view(tmp_path: Path) -> None:
+    """A night sky over a lit street is one frame, well exposed: its dark quadrants are not lifted on their own."""
+    from engine import EngineConfig
+
+    lifted = load_classifier()
+    plain = load_classifier(config=EngineConfig(dark_gate=None))
+    assert "brought up" in lifted.decision_rule and "brought up" not in plain.decision_rule
+    street = np.asarray(scene(3, (320, 240))).copy()
+    street[:120] //= 12  # the top half nearly black
+    frame = Image.fromarray(street)
+    np.testing.assert_array_equal(lifted.tile_inputs(frame), plain.tile_inputs(frame))
+
+    dusk = _underexposed(frame.resize((320, 240)), 0.1)
+    views = lifted.tile_inputs(dusk)
+    assert views.mean() > 1.5 * plain.tile_inputs(dusk).mean()  # the whole frame is brought up, every view with it
+    p = tmp_path / "dusk.png"
+    dusk.save(p)
+    expected = lifted.predict(preprocess(dusk, lifted.spec)[None])[0]
+    if lifted.wants_tiles(expected):
+        expected = lifted.fuse_tiles(expected, views)
+    got = lifted.classify(p).probabilities
+    assert [got[n] for n in lifted.names] == pytest.approx(list(expected), abs=1e-5)

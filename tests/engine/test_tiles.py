@@ -205,9 +205,11 @@ def test_tiles_decode_at_their_own_scale(tmp_path: Path, size: tuple[int, int], 
 
 
 def test_the_decision_rule_names_the_check_and_its_settings(bundled: BlurClassifier) -> None:
-    plain = load_classifier(config=EngineConfig(tile_check=None, veil_gate=None))
+    plain = load_classifier(config=EngineConfig.whole_frame())
     stricter = load_classifier(config=EngineConfig(tile_check=TileCheck(gate=0.2)))
     unlifted = load_classifier(config=EngineConfig(veil_gate=None))
-    rules = {bundled.decision_rule, plain.decision_rule, stricter.decision_rule, unlifted.decision_rule}
-    assert len(rules) == 4
+    undarkened = load_classifier(config=EngineConfig(dark_gate=None))
+    rules = {bundled.decision_rule, plain.decision_rule, stricter.decision_rule, unlifted.decision_rule,
+             undarkened.decision_rule}
+    assert len(rules) == 5
     assert plain.decision_rule == "whole frame" and "gate 0.1" in bundled.decision_rule

@@ -317,7 +317,7 @@ def test_evaluate_whole_frame_reports_the_network_without_the_quadrant_check(tmp
         assert train_main(["evaluate", str(models), str(shared), "--split", "triplets", "--json", str(out), *extra]) == 0
         reports[name] = {Path(p["path"]).name: p["probabilities"] for p in json.loads(out.read_text())["predictions"]}
     capsys.readouterr()
-    for name, config in (("checked", None), ("whole", EngineConfig(tile_check=None, veil_gate=None))):
+    for name, config in (("checked", None), ("whole", EngineConfig.whole_frame())):
         engine = load_classifier(models, config)
         for file, probs in reports[name].items():
             assert probs == pytest.approx(engine.classify(folder / file).probabilities, abs=1e-6)
