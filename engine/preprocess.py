@@ -277,9 +277,11 @@ def lift_veil(img: Image.Image, black: np.ndarray) -> Image.Image:
     return img.point(lut)
 
 
-def dark_white_point(img: Image.Image) -> int:
-    """The brightest of the image's channels' white points: the 8-bit value that 99.5% of its pixels stay at or below."""
-    hist = np.asarray(img.histogram(), dtype=np.int64).reshape(-1, 256)  # one row per channel (Pillow's C histogram)
+def dark_white_point(*images: Image.Image) -> int:
+    """The brightest of the channels' white points: the 8-bit value that 99.5% of the pixels stay at or below (of all
+    `images` together: the quadrant check's views are one frame)."""
+    # one row per channel (Pillow's C histogram), summed over the images
+    hist = sum(np.asarray(img.histogram(), dtype=np.int64) for img in images).reshape(-1, 256)
     cum = np.cumsum(hist, axis=1)
     limit = (1.0 - _DARK_PERCENTILE) * cum[0, -1]
     return max(int(np.searchsorted(row, limit, side="left")) for row in cum)
@@ -302,8 +304,8 @@ def exposed(img: Image.Image, spec: InputSpec) -> tuple[Image.Image, Image.Image
     """`img` and its model-sized view, both brought up from underexposure where `spec.dark_gate` calls for it.
 
     The gate looks at the model-sized view (cheap); the gain goes on the decoded image, before the resize, so that
-    the view is made from all its levels (as lift_veil). The quadrant check (engine.tiles) lifts its second decode
-    of the frame so as well, before it cuts the views out: one frame, one exposure.
+    the view is made from all its levels (as lift_veil). The quadrant check (engine.tiles) decides once for the frame
+    as well, from its quadrant views together: one frame, one exposure.
     """
     model_image = to_model_image(img, spec)
     if spec.dark_gate is not None:
@@ -323,7 +325,12 @@ def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
     remaining levels into steps, which cost a third of the defocus found under thick veils (MODEL_CARD.md, "Haze and
     fog").
     """
-    img, model_image = exposed(img, spec)
+    return finish_view(*exposed(img, spec), spec)
+
+
+def finish_view(img: Image.Image, model_image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """`model_image` (the model-sized view of the decoded `img`) as a model input, its veil lifted where
+    `spec.veil_gate` calls for it (preprocess)."""
     if spec.veil_gate is not None:
         black = veil_black_point(model_image)
         if int(black.min()) >= spec.veil_gate:

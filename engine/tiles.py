@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from engine.preprocess import InputSpec, exposed, preprocess
+from engine.preprocess import InputSpec, dark_white_point, finish_view, lift_dark, to_model_image
 
 #: The classes a quadrant view may raise: blur that covers the whole frame.
 WHOLE_FRAME_BLURS: tuple[str, ...] = ("defocused_blurred", "motion_blurred")
@@ -87,13 +87,18 @@ class TileCheck:
     def inputs(self, image: Image.Image, spec: InputSpec) -> np.ndarray:
         """The tiles (and centre view) of a decoded RGB image as a batch of model inputs, made like the whole frame's.
 
-        An underexposed frame is brought up as a whole first (engine.preprocess.exposed), as for the whole frame's
-        view: a dark part of a well-exposed frame (a night sky, a shadow) is not a dark frame.
+        An underexposed frame is brought up as a whole (engine.preprocess.lift_dark), as for the whole frame's view,
+        on the white point of its quadrant views together (made anyway): a dark part of a well-exposed frame (a night
+        sky, a shadow) is not a dark frame.
         """
+        crops = [image.crop(box) for box in self.boxes(image.size)]
+        views = [to_model_image(crop, spec) for crop in crops]
         if spec.dark_gate is not None:
-            image, _ = exposed(image, spec)
-            spec = replace(spec, dark_gate=None)
-        return np.stack([preprocess(image.crop(box), spec) for box in self.boxes(image.size)])
+            white = dark_white_point(*views[: self.grid * self.grid])
+            if white < spec.dark_gate:
+                crops = [lift_dark(crop, white) for crop in crops]  # a gain per pixel: as the frame lifted, then cut
+                views = [to_model_image(crop, spec) for crop in crops]
+        return np.stack([finish_view(crop, view, spec) for crop, view in zip(crops, views)])
 
     def fuse(self, whole: np.ndarray, tiles: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         """The whole frame's probabilities, each whole-frame blur raised to its smallest probability over the tiles."""
