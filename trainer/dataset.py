@@ -83,6 +83,7 @@ class Job:
     lens_softness_px: float = 0.0  # synthesis kinds: max sigma (px at 2048) of lens_softness; 0 = none
     reframe: float = 0.0  # synthesis kinds: on REFRAME_SHARE of them, crop the photo to >= this share per side; 0 = never
     veil: float = 0.0  # synthesis kinds: share of them seen through a bright veil (synthesis.veil); 0 = never
+    sharpen: float = 0.0  # synthesis kinds: share of them given a wide output sharpening; 0 = the mild standard one
 
 
 @dataclass(frozen=True)
@@ -413,7 +414,8 @@ def _synthesise(
         blurred, veiled = synthesis.veil(blurred, rng)
     if rng.random() < 0.4:  # pin-sharp overlays on every class, so an overlay never means "sharp"
         blurred = synthesis.add_overlay(blurred, rng)
-    jpeg, finish_params = synthesis.finish(blurred, rng)
+    sharpening = synthesis.wide_sharpening(job.sharpen) if job.sharpen > 0 else synthesis.MILD_SHARPENING
+    jpeg, finish_params = synthesis.finish(blurred, rng, sharpening)
     synth_rel = Path("synth") / job.split / job.label / (Path(job.out_name).stem + ".jpg")
     synth_path = out_dir / synth_rel
     synth_path.parent.mkdir(parents=True, exist_ok=True)

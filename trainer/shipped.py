@@ -136,13 +136,15 @@ def plan_shipped_jobs(
     reframe: float = 0.0,
     sharp_background: Callable[[SourceImage], bool] | None = None,
     veil: float = 0.0,
+    sharpen: float = 0.0,
 ) -> list[Job]:
     """Jobs for every split: train per `mix` (default TRAIN_MIX) times `scale`, val a quarter of it, test
     TEST_PER_KIND per kind. `train_floor` (kind -> px at 2048) keeps training blur at or above a strength;
     val and test keep the full range, so recall below it is still measured. `lens_softness_px` (max sigma at
     2048 px, see synthesis.lens_softness) applies to every job of every split alike. `reframe` (see
     `Job.reframe`) applies to training jobs only, so validation and test keep the whole frames the engine sees;
-    so does `veil` (see `Job.veil`), so that the held-out splits stay the ones earlier models were measured on.
+    so do `veil` and `sharpen` (see `Job.veil`, `Job.sharpen`), so that the held-out splits stay the ones earlier
+    models were measured on.
     `sharp_background`, if given, picks the photos `subject_defocus` may use in every split
     (trainer.dataset.SHARP_BACKGROUND_MIN)."""
     rng = random.Random(seed)
@@ -171,7 +173,8 @@ def plan_shipped_jobs(
                 for src in picks:
                     jobs.append(Job(split, label, src, kind, rng.randrange(2**31), min_strength_px=floor,
                                     lens_softness_px=lens_softness_px, reframe=reframe if split == "train" else 0.0,
-                                    veil=veil if split == "train" else 0.0))
+                                    veil=veil if split == "train" else 0.0,
+                                    sharpen=sharpen if split == "train" else 0.0))
     return [replace(j, out_name=f"{k:06d}_{_slug(j.source.path.stem)}_{j.kind}.png") for k, j in enumerate(jobs)]
 
 
@@ -192,6 +195,7 @@ def build_shipped_dataset(
     stop: threading.Event | None = None,
     subject_background: float = 0.0,
     veil: float = 0.0,
+    sharpen: float = 0.0,
 ) -> list[ManifestRow]:
     """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
 
@@ -208,7 +212,7 @@ def build_shipped_dataset(
 
     sharp_background = sharp_background_checker(mask_dir, subject_background) if subject_background > 0 else None
     jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px, reframe,
-                             sharp_background, veil)
+                             sharp_background, veil, sharpen)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for j in jobs:
         counts[(j.split, j.kind)] += 1
@@ -253,6 +257,9 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     veil = getattr(args, "veil", 0.0) or 0.0
     if not 0 <= veil <= 1:
         raise ValueError(f"--veil must be a share between 0 (off) and 1, got {veil}")
+    sharpen = getattr(args, "sharpen", 0.0) or 0.0
+    if not 0 <= sharpen <= 1:
+        raise ValueError(f"--sharpen must be a share between 0 (off) and 1, got {sharpen}")
     spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=parse_gap(getattr(args, "reducing_gap", None)))
     mix = parse_mix(getattr(args, "mix", []) or [])
     train_floor = VISIBLE_PX if getattr(args, "train_floor", "none") == "visible" else None
@@ -267,7 +274,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log,
                                      getattr(args, "synth_seed", 0), mix, train_floor,
                                      getattr(args, "lens_softness", 0.0) or 0.0, reframe, stop,
-                                     getattr(args, "subject_background", 0.0) or 0.0, veil)
+                                     getattr(args, "subject_background", 0.0) or 0.0, veil, sharpen)
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:

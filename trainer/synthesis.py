@@ -700,11 +700,39 @@ def veil(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[
     return to_srgb8(out), params
 
 
-def finish(image: np.ndarray, rng: np.random.Generator) -> tuple[bytes, dict[str, float]]:
-    """The one finishing step for every class: sensor noise, optional mild sharpening, JPEG encode.
+@dataclass(frozen=True)
+class Sharpening:
+    """The finishing's output sharpening: an unsharp mask in sRGB, as raw converters and export dialogs apply it.
+
+    `share` of the examples get it, with an amount and a Gaussian sigma (px at the working size) drawn
+    uniformly from the ranges."""
+
+    share: float = 0.3
+    amount: tuple[float, float] = (0.15, 0.6)
+    sigma: tuple[float, float] = (0.6, 1.3)
+
+
+MILD_SHARPENING = Sharpening()  # every dataset's finishing (the shipped recipe)
+WIDE_AMOUNT = (0.3, 1.5)  # `wide_sharpening`: up to a strong export sharpening (150%)
+WIDE_SIGMA = (0.5, 2.0)
+
+
+def wide_sharpening(share: float) -> Sharpening:
+    """Output sharpening over the range real exports show, from mild to strong, on `share` of the examples."""
+    if not 0 < share <= 1:
+        raise ValueError(f"sharpening share must be in (0, 1], got {share}")
+    return Sharpening(share, WIDE_AMOUNT, WIDE_SIGMA)
+
+
+def finish(
+    image: np.ndarray, rng: np.random.Generator, sharpening: Sharpening = MILD_SHARPENING
+) -> tuple[bytes, dict[str, float]]:
+    """The one finishing step for every class: sensor noise, optional sharpening, JPEG encode.
 
     Its parameters are drawn from `rng` alone, never from the kind, so noise and compression cannot
-    become a shortcut to the label.
+    become a shortcut to the label. The noise is drawn before the sharpening, so another `sharpening`
+    leaves it as it was; the JPEG quality is drawn after it (the same distribution, not always the same
+    value).
 
     Returns:
         JPEG bytes and the drawn parameters.
@@ -723,8 +751,8 @@ def finish(image: np.ndarray, rng: np.random.Generator) -> tuple[bytes, dict[str
     chroma = float(rng.uniform(0.05, 0.5))
     corr = float(rng.uniform(0.4, 0.9)) if rng.random() < 0.5 else 0.0
     out = _add_sensor_noise(img, rng, shot, read, chroma, corr) if shot > 0 else img
-    sharpen = float(rng.uniform(0.15, 0.6)) if rng.random() < 0.3 else 0.0
-    sharpen_sigma = float(rng.uniform(0.6, 1.3))
+    sharpen = float(rng.uniform(*sharpening.amount)) if rng.random() < sharpening.share else 0.0
+    sharpen_sigma = float(rng.uniform(*sharpening.sigma))
     if sharpen > 0:
         f = out.astype(np.float32)
         f = f + sharpen * (f - _gaussian(f, sharpen_sigma))

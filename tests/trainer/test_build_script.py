@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
           "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES", "CHAINS", "IMAGENET_DRAWS",
-          "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR", "IMAGENET_IMGSZ")
+          "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR", "IMAGENET_IMGSZ", "SHARPEN")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -37,11 +37,11 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "bf16": "1"}
+                       "SHARPEN": "0", "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "bf16": "0"}
+                       "SHARPEN": "0", "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -424,7 +424,8 @@ def test_float32_schedule_trains_one_network_at_a_time(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("knob", "option", "setting"), [("SUBJECT_BG", "--subject-background", "0.05"),
-                                                       ("VEIL", "--veil", "0.2")])
+                                                       ("VEIL", "--veil", "0.2"),
+                                                       ("SHARPEN", "--sharpen", "0.5")])
 def test_dataset_knobs_reach_every_dataset_the_recipe_makes(tmp_path: Path, knob: str, option: str, setting: str) -> None:
     for value in ("0", setting):   # the default (off), then the measured setting
         overrides = {} if value == "0" else {knob: value}

@@ -116,6 +116,33 @@ def test_veil_applies_to_training_jobs_only_and_never_moves_a_draw(tmp_path: Pat
     assert "veil_t" not in json.loads(off.params)
 
 
+def test_sharpen_applies_to_training_jobs_only_and_never_moves_a_draw(tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from trainer.dataset import Job, make_example
+
+    plain = plan_shipped_jobs(_splits(), lambda s: True, seed=1)
+    sharpened = plan_shipped_jobs(_splits(), lambda s: True, seed=1, sharpen=0.5)
+    assert {j.sharpen for j in sharpened if j.split == "train"} == {0.5}
+    assert {j.sharpen for j in sharpened if j.split != "train"} == {0.0}
+    assert [replace(j, sharpen=0.0) for j in sharpened] == plain
+
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 450, 3), dtype=np.uint8)).save(src)
+    spec = InputSpec(size=64, resize="stretch")
+    for kind, label in (("clean", SHARP), ("shake", "motion_blurred")):  # every class alike
+        job = Job("train", label, SourceImage(src, SHARP, "g"), kind, 7, f"{kind}.png")
+        off = json.loads(make_example(job, tmp_path / "off", spec, None).params)
+        on = json.loads(make_example(replace(job, sharpen=1.0), tmp_path / "on", spec, None).params)
+        assert on["sharpen_amount"] >= 0.3 and off["sharpen_amount"] <= 0.6
+        # the same example otherwise: its blur and noise (the finishing draws JPEG quality after sharpening)
+        finishing = ("sharpen", "jpeg")
+        assert {k: v for k, v in on.items() if not k.startswith(finishing)} == \
+            {k: v for k, v in off.items() if not k.startswith(finishing)}
+
+
 def test_reframe_box_keeps_the_runner_whole_and_each_side_above_the_share() -> None:
     from trainer.dataset import reframe_box
 

@@ -29,6 +29,7 @@ from trainer.synthesis import (
     synthesize,
     to_linear,
     veil,
+    wide_sharpening,
 )
 
 BLUR_KINDS = ("defocus", "shake", "linear_motion")
@@ -333,6 +334,28 @@ def test_finish_draws_a_wide_range_of_noise_and_quality() -> None:
     assert min(qualities) <= 72 and max(qualities) >= 95
     assert (shots < 2e-5).mean() > 0.1  # sometimes nearly clean
     assert (shots > 5e-4).mean() > 0.05  # sometimes strongly noisy
+
+
+def test_wide_sharpening_keeps_the_noise_of_a_draw_and_sharpens_more() -> None:
+    img = _texture(64, 80)
+    amounts, crisper = [], 0
+    for seed in range(40):
+        data_mild, mild = finish(img, np.random.default_rng(seed))
+        data, wide = finish(img, np.random.default_rng(seed), wide_sharpening(1.0))
+        noise = [k for k in mild if k.startswith("noise")]  # drawn before the sharpening: the same
+        assert [mild[k] for k in noise] == [wide[k] for k in noise]
+        assert 0.3 <= wide["sharpen_amount"] <= 1.5 and 0.5 <= wide["sharpen_sigma"] <= 2.0
+        amounts.append(wide["sharpen_amount"])
+        if mild["sharpen_amount"] == 0:  # stronger output sharpening leaves crisper edges than none
+            hf_mild = _hf_energy(np.asarray(Image.open(io.BytesIO(data_mild))))
+            crisper += _hf_energy(np.asarray(Image.open(io.BytesIO(data)))) > hf_mild
+    assert crisper >= 20
+    assert max(amounts) > 1.0  # up to strong sharpening, where the standard finishing stops at 0.6
+    half = [finish(img, np.random.default_rng(s), wide_sharpening(0.5))[1]["sharpen_amount"] > 0 for s in range(40)]
+    assert 10 <= sum(half) <= 30
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            wide_sharpening(share)
 
 
 def test_add_overlay_pastes_sharp_graphics_without_touching_the_input() -> None:
