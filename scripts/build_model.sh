@@ -56,7 +56,8 @@
 # seen through a bright veil of haze or fog, trainer/synthesis.py `veil`; measured in MODEL_CARD.md).
 # SHARPEN=SHARE (every draw: that share of the training examples, of every class, finished with an output sharpening
 # from mild to strong instead of the standard mild one, trainer/synthesis.py `wide_sharpening`; measured in
-# MODEL_CARD.md, "Sharpened exports"). A changed SHARPEN wants a fresh WORK (the datasets keep their names).
+# MODEL_CARD.md, "Sharpened exports in training": not shipped). A changed SHARPEN wants a fresh WORK (the datasets keep
+# their names).
 # SCALE, SCALE2, REFRAME, SUBJECT_BG, VEIL and SHARPEN shape the datasets every chain trains on;
 # HOURS, HOURS2, EPOCHS2, EPOCHS, DENSE and START only the recipe's network (DISTILLED=0 or ENSEMBLE=0).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
