@@ -78,30 +78,30 @@ def test_lens_softness_applies_to_every_job_of_every_split() -> None:
     assert [replace(j, lens_softness_px=0.0) for j in soft] == plain
 
 
-def test_reframing_applies_to_training_jobs_only_and_never_moves_a_draw() -> None:
+@pytest.mark.parametrize(("option", "value"), [("reframe", 0.5), ("veil", 0.3), ("sharpen", 0.5)])
+def test_training_only_options_never_move_a_draw(option: str, value: float) -> None:
     plain = plan_shipped_jobs(_splits(), lambda s: True, seed=1)
-    framed = plan_shipped_jobs(_splits(), lambda s: True, seed=1, reframe=0.5)
-    assert {j.reframe for j in framed if j.split == "train"} == {0.5}
-    assert {j.reframe for j in framed if j.split != "train"} == {0.0}
+    changed = plan_shipped_jobs(_splits(), lambda s: True, seed=1, **{option: value})
+    assert {getattr(j, option) for j in changed if j.split == "train"} == {value}
+    assert {getattr(j, option) for j in changed if j.split != "train"} == {0.0}
     # which photo gets which blur, and every validation and test job, stay exactly as without the option
-    assert [replace(j, reframe=0.0) for j in framed] == plain
+    assert [replace(j, **{option: 0.0}) for j in changed] == plain
 
 
-def test_veil_applies_to_training_jobs_only_and_never_moves_a_draw(tmp_path: Path) -> None:
-    import json
-
+def _noise_photo(tmp_path: Path) -> Path:
     from PIL import Image
-
-    from trainer.dataset import Job, make_example
-
-    plain = plan_shipped_jobs(_splits(), lambda s: True, seed=1)
-    veiled = plan_shipped_jobs(_splits(), lambda s: True, seed=1, veil=0.3)
-    assert {j.veil for j in veiled if j.split == "train"} == {0.3}
-    assert {j.veil for j in veiled if j.split != "train"} == {0.0}
-    assert [replace(j, veil=0.0) for j in veiled] == plain
 
     src = tmp_path / "photo.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 450, 3), dtype=np.uint8)).save(src)
+    return src
+
+
+def test_veil_reaches_its_share_of_every_class(tmp_path: Path) -> None:
+    import json
+
+    from trainer.dataset import Job, make_example
+
+    src = _noise_photo(tmp_path)
     spec = InputSpec(size=64, resize="stretch")
     hits = 0
     for seed in range(16):
@@ -116,21 +116,12 @@ def test_veil_applies_to_training_jobs_only_and_never_moves_a_draw(tmp_path: Pat
     assert "veil_t" not in json.loads(off.params)
 
 
-def test_sharpen_applies_to_training_jobs_only_and_never_moves_a_draw(tmp_path: Path) -> None:
+def test_sharpen_changes_only_the_finishing_of_every_class(tmp_path: Path) -> None:
     import json
-
-    from PIL import Image
 
     from trainer.dataset import Job, make_example
 
-    plain = plan_shipped_jobs(_splits(), lambda s: True, seed=1)
-    sharpened = plan_shipped_jobs(_splits(), lambda s: True, seed=1, sharpen=0.5)
-    assert {j.sharpen for j in sharpened if j.split == "train"} == {0.5}
-    assert {j.sharpen for j in sharpened if j.split != "train"} == {0.0}
-    assert [replace(j, sharpen=0.0) for j in sharpened] == plain
-
-    src = tmp_path / "photo.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 450, 3), dtype=np.uint8)).save(src)
+    src = _noise_photo(tmp_path)
     spec = InputSpec(size=64, resize="stretch")
     for kind, label in (("clean", SHARP), ("shake", "motion_blurred")):  # every class alike
         job = Job("train", label, SourceImage(src, SHARP, "g"), kind, 7, f"{kind}.png")
