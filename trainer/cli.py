@@ -165,6 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="reuse the prepared dataset and resume training")
     sp.add_argument("--prepare-only", action="store_true",
                     help="stop once the dataset is written (train it later with --resume, e.g. beside another run)")
+    sp.add_argument("--held-out-only", action="store_true",
+                    help="with --prepare-only: make only the validation and test images of the draw (the same ones "
+                         "the whole draw has), e.g. a fresh set to evaluate models on")
     sp.add_argument("--weights", type=Path, help="start from these local weights (a YOLOv8n-cls .pt, or a YOLOv8n "
                     ".pt/ONNX whose backbone starts the model) instead of yolov8n-cls.yaml")
     sp.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: the trainer's 0.001)")

@@ -196,11 +196,14 @@ def build_shipped_dataset(
     subject_background: float = 0.0,
     veil: float = 0.0,
     sharpen: float = 0.0,
+    held_out_only: bool = False,
 ) -> list[ManifestRow]:
     """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
 
     `seed` fixes the split by group; `synth_seed` only which photo gets which blur, and how. `subject_background`
-    above 0 keeps `subject_defocus` to photos whose background is at least that sharp (trainer.dataset)."""
+    above 0 keeps `subject_defocus` to photos whose background is at least that sharp (trainer.dataset).
+    `held_out_only` makes only the validation and test examples, the very ones the whole draw has (same jobs,
+    seeds and file names): a fresh evaluation draw at a quarter of the work."""
     from trainer import masks
 
     splits = split_sources(shared_dir, seed)
@@ -213,6 +216,11 @@ def build_shipped_dataset(
     sharp_background = sharp_background_checker(mask_dir, subject_background) if subject_background > 0 else None
     jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px, reframe,
                              sharp_background, veil, sharpen)
+    if held_out_only:
+        held = [j for j in jobs if j.split != "train"]
+        if progress:
+            progress(f"held out only: the {len(held)} validation and test images of the draw's {len(jobs)}")
+        jobs = held
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for j in jobs:
         counts[(j.split, j.kind)] += 1
@@ -260,6 +268,9 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
     sharpen = getattr(args, "sharpen", 0.0) or 0.0
     if not 0 <= sharpen <= 1:
         raise ValueError(f"--sharpen must be a share between 0 (off) and 1, got {sharpen}")
+    held_out_only = bool(getattr(args, "held_out_only", False))
+    if held_out_only and not getattr(args, "prepare_only", False):
+        raise ValueError("--held-out-only makes no training images: use it with --prepare-only")
     spec = InputSpec(size=args.imgsz, resize="stretch", reducing_gap=parse_gap(getattr(args, "reducing_gap", None)))
     mix = parse_mix(getattr(args, "mix", []) or [])
     train_floor = VISIBLE_PX if getattr(args, "train_floor", "none") == "visible" else None
@@ -274,7 +285,8 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         rows = build_shipped_dataset(args.shared, dataset, spec, args.mask_dir, 0, args.scale, args.workers, rep.log,
                                      getattr(args, "synth_seed", 0), mix, train_floor,
                                      getattr(args, "lens_softness", 0.0) or 0.0, reframe, stop,
-                                     getattr(args, "subject_background", 0.0) or 0.0, veil, sharpen)
+                                     getattr(args, "subject_background", 0.0) or 0.0, veil, sharpen,
+                                     held_out_only)
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:
@@ -284,6 +296,8 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
         return 130
     if getattr(args, "prepare_only", False):
         return 0
+    if not any(r.split == "train" and not r.error for r in rows):
+        raise ValueError(f"{dataset} has no training images (made with --held-out-only?): prepare it again")
     patience = getattr(args, "patience", None)
     kw: dict[str, Any] = {"epochs": args.epochs, "time_hours": args.hours,
                           "patience": max(10, args.epochs // 3) if patience is None else patience}

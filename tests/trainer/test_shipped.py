@@ -134,6 +134,52 @@ def test_sharpen_changes_only_the_finishing_of_every_class(tmp_path: Path) -> No
             {k: v for k, v in off.items() if not k.startswith(finishing)}
 
 
+def test_held_out_only_makes_exactly_the_draws_validation_and_test_jobs(tmp_path: Path, monkeypatch) -> None:
+    import trainer.shipped
+    from trainer.shipped import build_shipped_dataset
+
+    made: list[list] = []
+    monkeypatch.setattr(trainer.shipped, "split_sources", lambda shared, seed: _splits())
+    monkeypatch.setattr(trainer.shipped, "write_dataset", lambda out, jobs, *a, **k: made.append(list(jobs)) or [])
+    spec = InputSpec(size=32, resize="stretch")
+    for held_out_only in (False, True):
+        build_shipped_dataset(tmp_path, tmp_path / "out", spec, synth_seed=11, workers=1, sharpen=0.5,
+                              held_out_only=held_out_only)
+    whole, held = made
+    assert {j.split for j in whole} == {"train", "val", "test"}
+    # the same jobs (photo, kind, seed, file name) as the whole draw's, so the same images
+    assert held == [j for j in whole if j.split != "train"] and held
+
+
+@pytest.mark.usefixtures("_keep_signal_handlers")
+def test_held_out_only_is_refused_for_a_training_run(tmp_path: Path, capsys) -> None:
+    base = ["shipped", "--shared", str(tmp_path), "--work", str(tmp_path / "w"), "--model-out", str(tmp_path / "m")]
+    assert train_main([*base, "--held-out-only"]) != 0
+    assert "--prepare-only" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "dataset").exists()
+
+
+@pytest.mark.usefixtures("_keep_signal_handlers")
+def test_a_dataset_without_training_images_is_not_trained_on(tmp_path: Path, monkeypatch, capsys) -> None:
+    import trainer.shipped
+    import trainer.train
+    from tests.toydata import write_class_folders
+    from trainer.dataset import MANIFEST, PrepareOptions, prepare
+
+    src = write_class_folders(tmp_path / "src", per_class=2)
+    monkeypatch.setattr(trainer.shipped, "build_shipped_dataset",
+                        lambda shared, out_dir, spec, *a, **k: prepare(src, out_dir, PrepareOptions(spec=spec, workers=1)))
+    monkeypatch.setattr(trainer.train, "train_model", lambda *a, **k: pytest.fail("trained without training images"))
+    work = tmp_path / "work"
+    base = ["shipped", "--shared", str(tmp_path), "--work", str(work), "--model-out", str(tmp_path / "m"), "--imgsz", "32"]
+    assert train_main([*base, "--prepare-only"]) == 0
+    manifest = work / "dataset" / MANIFEST
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join([lines[0]] + [ln for ln in lines[1:] if not ln.startswith("train,")]))
+    assert train_main([*base, "--resume"]) != 0
+    assert "no training images" in capsys.readouterr().err
+
+
 def test_reframe_box_keeps_the_runner_whole_and_each_side_above_the_share() -> None:
     from trainer.dataset import reframe_box
 
