@@ -300,20 +300,23 @@ def lift_dark(img: Image.Image, white: int) -> Image.Image:
     return img.point(linear_to_srgb8(np.minimum(SRGB8_TO_LINEAR * gain, 1.0)).tolist() * 3)
 
 
-def exposed(img: Image.Image, spec: InputSpec) -> tuple[Image.Image, Image.Image]:
-    """`img` and its model-sized view, both brought up from underexposure where `spec.dark_gate` calls for it.
+def exposed(
+    images: list[Image.Image], spec: InputSpec, judged: int | None = None
+) -> tuple[list[Image.Image], list[Image.Image]]:
+    """`images` (a decoded frame, or crops of one frame) and their model-sized views, all brought up from
+    underexposure where `spec.dark_gate` calls for it.
 
-    The gate looks at the model-sized view (cheap); the gain goes on the decoded image, before the resize, so that
-    the view is made from all its levels (as lift_veil). The quadrant check (engine.tiles) decides once for the frame
-    as well, from its quadrant views together: one frame, one exposure.
+    The gate looks at the model-sized views (cheap) of the first `judged` images together (default: all): one frame,
+    one exposure, so the quadrant check (engine.tiles) judges its quadrant views and lifts every crop alike. The gain
+    goes on the decoded images, before the resize, so that each view is made from all its levels (as lift_veil).
     """
-    model_image = to_model_image(img, spec)
+    views = [to_model_image(img, spec) for img in images]
     if spec.dark_gate is not None:
-        white = dark_white_point(model_image)
+        white = dark_white_point(*views[:judged])
         if white < spec.dark_gate:
-            img = lift_dark(img, white)
-            model_image = to_model_image(img, spec)
-    return img, model_image
+            images = [lift_dark(img, white) for img in images]  # a gain per pixel: as the frame lifted, then cut
+            views = [to_model_image(img, spec) for img in images]
+    return list(images), views
 
 
 def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
@@ -325,7 +328,8 @@ def preprocess(img: Image.Image, spec: InputSpec) -> np.ndarray:
     remaining levels into steps, which cost a third of the defocus found under thick veils (MODEL_CARD.md, "Haze and
     fog").
     """
-    return finish_view(*exposed(img, spec), spec)
+    (img,), (model_image,) = exposed([img], spec)
+    return finish_view(img, model_image, spec)
 
 
 def finish_view(img: Image.Image, model_image: Image.Image, spec: InputSpec) -> np.ndarray:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from engine.preprocess import InputSpec, dark_white_point, finish_view, lift_dark, to_model_image
+from engine.preprocess import InputSpec, exposed, finish_view
 
 #: The classes a quadrant view may raise: blur that covers the whole frame.
 WHOLE_FRAME_BLURS: tuple[str, ...] = ("defocused_blurred", "motion_blurred")
@@ -91,13 +91,7 @@ class TileCheck:
         on the white point of its quadrant views together (made anyway): a dark part of a well-exposed frame (a night
         sky, a shadow) is not a dark frame.
         """
-        crops = [image.crop(box) for box in self.boxes(image.size)]
-        views = [to_model_image(crop, spec) for crop in crops]
-        if spec.dark_gate is not None:
-            white = dark_white_point(*views[: self.grid * self.grid])
-            if white < spec.dark_gate:
-                crops = [lift_dark(crop, white) for crop in crops]  # a gain per pixel: as the frame lifted, then cut
-                views = [to_model_image(crop, spec) for crop in crops]
+        crops, views = exposed([image.crop(box) for box in self.boxes(image.size)], spec, self.grid * self.grid)
         return np.stack([finish_view(crop, view, spec) for crop, view in zip(crops, views)])
 
     def fuse(self, whole: np.ndarray, tiles: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
