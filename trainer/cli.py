@@ -261,6 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--imgsz", type=int, default=224,
                     help="input size to train at and export for (default 224, the bundled model's; the datasets "
                          "should be prepared at it: `shipped --imgsz`); a multiple of 32")
+    sp.add_argument("--fine-stem", action="store_true",
+                    help="a 6x6 stride-4 first convolution: an input twice as fine (e.g. --imgsz 448) at about the "
+                         "cost of the network at half that size (MODEL_CARD.md); --imgsz a multiple of 64")
     _add_precision(sp)
 
     sp = sub.add_parser("train", help="fine-tune YOLOv8n-cls on a prepared dataset")
@@ -492,13 +495,13 @@ def _cmd_imagenet(args: argparse.Namespace, rep: Reporter, stop: threading.Event
     summary = finetune(args.dataset, args.val_dataset, args.work, weights=args.weights or DEFAULT_WEIGHTS,
                        epochs=args.epochs, lr=args.lr, batch=args.batch, seed=args.seed, threads=args.threads,
                        precision=args.precision, max_steps=args.max_steps, log=rep.log, stop=stop,
-                       imgsz=args.imgsz)
+                       imgsz=args.imgsz, fine_stem=args.fine_stem)
     if summary.get("stopped"):
         return 130
     from engine.preprocess import is_image_path
 
     val = sorted(p for p in (Path(args.val_dataset) / "val").glob("*/*") if is_image_path(p))[:16]
-    diff = export(Path(args.work) / "best.pt", args.model_dir, val, imgsz=args.imgsz)
+    diff = export(Path(args.work) / "best.pt", args.model_dir, val, imgsz=args.imgsz, fine_stem=args.fine_stem)
     rep.log(f"best validation top-1 {summary['best_val_top1']:.4f}; exported {args.model_dir} "
             f"(ONNX/PyTorch max |dp| {diff:.1e} on {len(val)} validation images)")
     return 0

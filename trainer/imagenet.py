@@ -55,13 +55,20 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-def build_network(num_classes: int, dropout: float = 0.3) -> Any:
-    """MobileNetV2 (width 1.0) whose `features` match the committed state dict, with a new linear head."""
+def build_network(num_classes: int, dropout: float = 0.3, fine_stem: bool = False) -> Any:
+    """MobileNetV2 (width 1.0) whose `features` match the committed state dict, with a new linear head.
+
+    `fine_stem`: the first convolution is 6 x 6 at stride 4 (padding 2) instead of 3 x 3 at stride 2 (padding 1), so the
+    network takes an input twice as fine (448 px) and runs every later layer at the 224-px network's size: the detail
+    of the finer input reaches the features for about the cost of the 224-px network (`load_start` widens the
+    pretrained kernel so that it starts as the pretrained network on the input box-reduced 2 x 2)."""
     import torch
     from torch import nn
 
-    def conv_bn(inp: int, oup: int, k: int, stride: int, groups: int = 1, act: bool = True) -> list[Any]:
-        layers: list[Any] = [nn.Conv2d(inp, oup, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(oup)]
+    def conv_bn(inp: int, oup: int, k: int, stride: int, groups: int = 1, act: bool = True,
+                pad: int | None = None) -> list[Any]:
+        layers: list[Any] = [nn.Conv2d(inp, oup, k, stride, k // 2 if pad is None else pad, groups=groups, bias=False),
+                             nn.BatchNorm2d(oup)]
         return layers + [nn.ReLU6(inplace=True)] if act else layers
 
     class InvertedResidual(nn.Module):
@@ -79,7 +86,7 @@ def build_network(num_classes: int, dropout: float = 0.3) -> Any:
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            feats: list[Any] = [nn.Sequential(*conv_bn(3, 32, 3, 2))]
+            feats: list[Any] = [nn.Sequential(*(conv_bn(3, 32, 6, 4, pad=2) if fine_stem else conv_bn(3, 32, 3, 2)))]
             inp = 32
             for t, c, n, s in _SETTINGS:
                 for i in range(n):
@@ -98,14 +105,24 @@ def build_network(num_classes: int, dropout: float = 0.3) -> Any:
     return Net()
 
 
+def fine_kernel(kernel: Any) -> Any:
+    """A 3 x 3 stride-2 first kernel as the 6 x 6 stride-4 one of a fine stem: each tap becomes a 2 x 2 block of a
+    quarter of it, so the fine stem on an image computes what the kernel computes on that image box-reduced 2 x 2."""
+    return kernel.repeat_interleave(2, 2).repeat_interleave(2, 3) / 4
+
+
 def load_start(net: Any, weights: Path) -> None:
-    """Load the pretrained `features` (every key and shape must match; the head stays new)."""
+    """Load the pretrained `features` (every key and shape must match; the head stays new). A network with a fine
+    stem (`build_network(fine_stem=True)`) gets the pretrained first kernel widened by `fine_kernel`."""
     import torch
 
     state = torch.load(Path(weights), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{weights}: not a state dict")
     state = {k: v for k, v in state.items() if k.startswith("features.")}
+    first = "features.0.0.weight"
+    if first in state and tuple(state[first].shape[2:]) == (3, 3) and is_fine(net):
+        state[first] = fine_kernel(state[first])
     want = {k: v.shape for k, v in net.state_dict().items() if k.startswith("features.")}
     got = {k: getattr(v, "shape", None) for k, v in state.items()}
     if got != want:
@@ -113,6 +130,11 @@ def load_start(net: Any, weights: Path) -> None:
         raise ValueError(f"{weights}: not a MobileNetV2 (width 1.0) state dict ({len(wrong)} keys missing, extra or "
                          f"of another shape, e.g. {wrong[:2]})")
     net.load_state_dict(state, strict=False)
+
+
+def is_fine(net: Any) -> bool:
+    """Whether a `build_network` network has the fine stem (its first kernel 6 x 6)."""
+    return tuple(net.features[0][0].weight.shape[2:]) == (6, 6)
 
 
 def is_mobilenetv2(proto: Any) -> bool:
@@ -163,7 +185,9 @@ def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
     if _onnx_class_names(proto) != names:
         raise ValueError(f"{source}: its classes {_onnx_class_names(proto)} are not BlurFlag's {names}")
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    net = build_network(len(names))
+    first = next((weights.get(n.input[1]) for n in proto.graph.node if n.op_type == "Conv"), None)
+    fine = first is not None and tuple(first.shape[2:]) == (6, 6)
+    net = build_network(len(names), fine_stem=fine)
     convs = [m for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)]
     norms = [m for m in net.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     nodes = [n for n in proto.graph.node if n.op_type == "Conv"]
@@ -183,7 +207,8 @@ def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
         net.fc.weight.copy_(torch.from_numpy(weights["net.fc.weight"].copy()))
         net.fc.bias.copy_(torch.from_numpy(weights["net.fc.bias"].copy()))
         net.eval()
-        x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+        side = 2 * IMGSZ if fine else IMGSZ
+        x = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
         ref = torch.softmax(net(x), 1).numpy()
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -193,10 +218,12 @@ def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
     return net.state_dict()
 
 
-def _check_imgsz(imgsz: int) -> None:
-    """MobileNetV2 halves its input five times: a multiple of 32 keeps every stage whole."""
-    if imgsz < 32 or imgsz % 32:
-        raise ValueError(f"the MobileNetV2 input size must be a multiple of 32 (at least 32), got {imgsz}")
+def _check_imgsz(imgsz: int, fine_stem: bool = False) -> None:
+    """MobileNetV2 halves its input five times (a fine stem six): a multiple of 32 (64) keeps every stage whole."""
+    step = 64 if fine_stem else 32
+    if imgsz < step or imgsz % step:
+        raise ValueError(f"the MobileNetV2 input size must be a multiple of {step} (at least {step})"
+                         f"{' with a fine stem' if fine_stem else ''}, got {imgsz}")
 
 
 def _freeze_norms(net: Any) -> None:
@@ -218,30 +245,35 @@ def _load_split(
     from engine.errors import UnreadableImageError
     from engine.preprocess import open_image
 
-    xs, ys = [], []
-    resized = 0
+    files: list[tuple[Path, int]] = []
     for ds in datasets:
         root = Path(ds) / split
         if not root.is_dir():
             raise FileNotFoundError(f"{ds}: no {split}/ folder (a dataset from `blurflag-train prepare` or `shipped`)")
         for k, name in enumerate(names):
             folder = root / name
-            for f in sorted(p for p in folder.glob("*") if is_image_path(p)) if folder.is_dir() else []:
-                try:
-                    im = open_image(f)
-                except UnreadableImageError as exc:  # one bad image is skipped, the rest are used
-                    log(f"skipped {f}: {exc}")
-                    continue
-                if im.size != (imgsz, imgsz):
-                    im = im.resize((imgsz, imgsz), Image.Resampling.LANCZOS)
-                    resized += 1
-                xs.append(np.asarray(im, dtype=np.uint8))
-                ys.append(k)
-    if not xs:
+            files += [(p, k) for p in sorted(folder.glob("*") if folder.is_dir() else []) if is_image_path(p)]
+    # One array filled in place, NCHW from the start: a list of images stacked at the end would hold the split twice
+    # (7 GB for the four draws' training images at 448 px).
+    out = np.empty((len(files), 3, imgsz, imgsz), dtype=np.uint8)
+    ys: list[int] = []
+    resized = 0
+    for f, k in files:
+        try:
+            im = open_image(f)
+        except UnreadableImageError as exc:  # one bad image is skipped, the rest are used
+            log(f"skipped {f}: {exc}")
+            continue
+        if im.size != (imgsz, imgsz):
+            im = im.resize((imgsz, imgsz), Image.Resampling.LANCZOS)
+            resized += 1
+        out[len(ys)] = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        ys.append(k)
+    if not ys:
         raise ValueError(f"no {split} images in " + ", ".join(str(d) for d in datasets))
     if resized:  # e.g. a dataset prepared at another --imgsz: resampled, not what the engine would feed
-        log(f"{resized} of {len(xs)} {split} images were not {imgsz} px and were resized")
-    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys)
+        log(f"{resized} of {len(ys)} {split} images were not {imgsz} px and were resized")
+    return torch.from_numpy(out[:len(ys)]), torch.tensor(ys)
 
 
 def _augment(x: Any, rng: np.random.Generator) -> Any:
@@ -274,13 +306,14 @@ def _predict(net: Any, x: Any, bf16: bool) -> Any:
 def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights: Path = DEFAULT_WEIGHTS,
              epochs: int = 6, lr: float = 3e-4, batch: int = 32, seed: int = 0, threads: int | None = None,
              precision: str = "auto", max_steps: int | None = None, log: LogFn = print,
-             stop: threading.Event | None = None, imgsz: int = IMGSZ,
+             stop: threading.Event | None = None, imgsz: int = IMGSZ, fine_stem: bool = False,
              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train on the `train` splits of `datasets`, select on `val_dataset`'s `val` split; resumable from WORK/last.pt.
 
     `weights`: a MobileNetV2 state dict (.pt; its `features` are loaded, the head is new) or an ONNX MobileNetV2
     (`onnx_start`: head included, batch-norm statistics frozen). `on_epoch` gets each epoch's entry of the history.
     `imgsz`: the input size it trains at (the datasets should be prepared at it; export the run at the same size).
+    `fine_stem`: the 6 x 6 stride-4 first convolution (`build_network`; e.g. at 448 px: a 224-px network's cost).
     Returns the run's summary (also written to WORK/results.json once the last epoch is done)."""
     import torch
     import torch.nn.functional as F
@@ -290,7 +323,7 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
 
     if epochs < 1 or batch < 1 or lr <= 0:
         raise ValueError("epochs and batch must be >= 1 and lr > 0")
-    _check_imgsz(imgsz)
+    _check_imgsz(imgsz, fine_stem)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     stop = stop or threading.Event()
@@ -305,10 +338,14 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
         f"({time.monotonic() - t0:.0f} s); bfloat16 {bf16}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = build_network(len(names))
+    net = build_network(len(names), fine_stem=fine_stem)
     frozen_norms = Path(weights).suffix.lower() == ".onnx"
     if frozen_norms:
-        net.load_state_dict(onnx_start(Path(weights), log))
+        state = onnx_start(Path(weights), log)
+        if tuple(state["features.0.0.weight"].shape[2:]) != tuple(net.features[0][0].weight.shape[2:]):
+            raise ValueError(f"{weights}: its MobileNetV2 {'has' if not fine_stem else 'lacks'} the fine stem; "
+                             f"train it {'with' if not fine_stem else 'without'} --fine-stem")
+        net.load_state_dict(state)
     else:
         load_start(net, weights)
     config: dict[str, Any] = {"epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "n_train": len(xtr)}
@@ -316,6 +353,8 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
         config["frozen_norms"] = True
     if imgsz != IMGSZ:  # (only then: checkpoints of 224-px runs stay resumable)
         config["imgsz"] = imgsz
+    if fine_stem:
+        config["fine_stem"] = True
     opt = torch.optim.AdamW([{"params": net.features.parameters(), "lr": lr},
                              {"params": net.fc.parameters(), "lr": 10 * lr}], weight_decay=1e-3)
     base = [g["lr"] for g in opt.param_groups]
@@ -392,7 +431,7 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
 
 
 def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tolerance: float = 1e-3,
-           imgsz: int = IMGSZ) -> float:
+           imgsz: int = IMGSZ, fine_stem: bool = False) -> float:
     """WORK/best.pt -> MODEL_DIR/blurflag.onnx + class_names.json; returns max |dp| against PyTorch on the images.
 
     `imgsz` is the input size the engine will feed it (its `imgsz` metadata): the size it was trained at."""
@@ -402,9 +441,9 @@ def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tole
     from engine.model import load_classifier
     from engine.preprocess import load_model_input
 
-    _check_imgsz(imgsz)
+    _check_imgsz(imgsz, fine_stem)
     names = sorted(PRODUCT_CLASSES)
-    net = build_network(len(names))
+    net = build_network(len(names), fine_stem=fine_stem)
     net.load_state_dict(torch.load(Path(best), map_location="cpu", weights_only=True))
     net.eval()
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
           "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES", "CHAINS", "IMAGENET_DRAWS",
-          "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR", "IMAGENET_IMGSZ", "SHARPEN")
+          "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR", "IMAGENET_IMGSZ", "SHARPEN", "IMAGENET_FINE")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -37,11 +37,11 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "bf16": "1"}
+                       "SHARPEN": "0", "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "IMAGENET_FINE": "0", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "bf16": "0"}
+                       "SHARPEN": "0", "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "IMAGENET_FINE": "0", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -243,6 +243,27 @@ def test_imagenet_imgsz_gives_the_mobilenetv2_networks_datasets_of_their_size(tm
         with pytest.raises(subprocess.CalledProcessError) as err:
             _run_with_stubs(tmp_path / "bad", bf16="1", IMAGENET_IMGSZ=bad)
         assert "IMAGENET_IMGSZ" in err.value.stderr and not (tmp_path / "bad" / "calls.log").exists()
+
+
+def test_imagenet_fine_trains_fine_stem_networks_at_448_on_datasets_of_that_size(tmp_path: Path) -> None:
+    """IMAGENET_FINE=1: the fine-tunings get --fine-stem at 448 (the four draws prepared at 448, as IMAGENET_IMGSZ=448
+    would make them); another size must be a multiple of 64; other values are refused before any work."""
+    calls = _run_with_stubs(tmp_path / "f", bf16="1", IMAGENET_FINE="1")
+    w = str(tmp_path / "f" / "work")
+    runs = [c for c in calls if c.startswith("imagenet ")]
+    draws = " ".join(f"--dataset {w}/ship{n}-448/dataset" for n in ("", "2", "3", "4"))
+    assert len(runs) == 2 and all(f" {draws} --val-dataset {w}/ship2-448/dataset " in r for r in runs)
+    assert all(r.endswith("--epochs 3 --imgsz 448 --fine-stem --threads 1") for r in runs)
+    plain = _run_with_stubs(tmp_path / "p", bf16="1", IMAGENET_IMGSZ="448")
+    assert [c.replace(str(tmp_path / "p"), "R") for c in plain if "--prepare-only" in c] == \
+        [c.replace(str(tmp_path / "f"), "R") for c in calls if "--prepare-only" in c]
+    assert not any("--fine-stem" in c for c in plain)
+    got = _schedule(tmp_path / "s", IMAGENET_FINE="1")
+    assert (got["IMAGENET_FINE"], got["IMAGENET_IMGSZ"]) == ("1", "448")
+    for bad in ({"IMAGENET_FINE": "2"}, {"IMAGENET_FINE": "1", "IMAGENET_IMGSZ": "288"}):
+        with pytest.raises(subprocess.CalledProcessError) as err:
+            _run_with_stubs(tmp_path / "bad", bf16="1", **bad)
+        assert "IMAGENET_" in err.value.stderr and not (tmp_path / "bad" / "calls.log").exists()
 
 
 def test_imagenet_draws_2_trains_the_mobilenetv2_networks_on_the_recipes_two_datasets(tmp_path: Path) -> None:

@@ -152,14 +152,14 @@ def test_a_yolov8n_start_is_taken_from_an_ensemble_only_where_it_has_one(dataset
 BUNDLED = Path(__file__).resolve().parents[2] / "models" / "blurflag.onnx"
 
 
-def _trained_looking_network(seed: int) -> object:
+def _trained_looking_network(seed: int, fine_stem: bool = False) -> object:
     """A MobileNetV2 whose batch norms hold statistics and affine weights far from their initial values."""
     import torch
 
     from trainer.imagenet import build_network
 
     torch.manual_seed(seed)
-    net = build_network(4)
+    net = build_network(4, fine_stem=fine_stem)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -186,6 +186,54 @@ def test_an_exported_mobilenetv2_comes_back_with_its_head_and_its_function(tmp_p
     with torch.no_grad():
         assert torch.allclose(torch.softmax(back(x), 1), torch.softmax(net(x), 1), atol=1e-5)
     assert torch.equal(back.fc.weight, net.fc.weight) and torch.equal(back.fc.bias, net.fc.bias)
+
+
+def test_a_fine_stem_starts_as_the_pretrained_network_on_the_input_reduced_2x2(tmp_path: Path) -> None:
+    """The 6 x 6 stride-4 first convolution, widened from the pretrained 3 x 3 one, computes on an image what the
+    pretrained network computes on its 2 x 2 box reduction; its export comes back through `onnx_start`."""
+    import torch
+
+    from trainer.imagenet import DEFAULT_WEIGHTS, build_network, export, load_start, onnx_start
+
+    plain, fine = build_network(4), build_network(4, fine_stem=True)
+    load_start(plain, DEFAULT_WEIGHTS)
+    load_start(fine, DEFAULT_WEIGHTS)
+    fine.fc.load_state_dict(plain.fc.state_dict())
+    plain.eval()
+    fine.eval()
+    x = torch.rand(2, 3, 128, 192, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(fine(x), plain(torch.nn.functional.avg_pool2d(x, 2)), atol=1e-4)
+        assert not torch.allclose(fine(x), plain(x[:, :, ::2, ::2]), atol=1e-2)  # not a subsampling
+
+    net = _trained_looking_network(4, fine_stem=True)
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    export(tmp_path / "a.pt", tmp_path / "a", imgsz=128, fine_stem=True)
+    state = onnx_start(tmp_path / "a" / "blurflag.onnx", log=lambda _m: None)
+    back = build_network(4, fine_stem=True)
+    back.load_state_dict(state)
+    back.eval()
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(back(x), 1), torch.softmax(net(x), 1), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        export(tmp_path / "a.pt", tmp_path / "b", imgsz=96, fine_stem=True)
+
+
+def test_a_fine_stem_run_continues_only_from_a_fine_stem_network(dataset: Path, tmp_path: Path) -> None:
+    import torch
+
+    from trainer.imagenet import export, finetune
+
+    torch.save(_trained_looking_network(5).state_dict(), tmp_path / "plain.pt")
+    export(tmp_path / "plain.pt", tmp_path / "plain")
+    with pytest.raises(ValueError, match="lacks the fine stem"):
+        finetune([dataset], dataset, tmp_path / "w", weights=tmp_path / "plain" / "blurflag.onnx", epochs=1,
+                 imgsz=128, fine_stem=True, log=lambda _m: None)
+    summary = finetune([dataset], dataset, tmp_path / "w2", epochs=1, batch=4, threads=1, max_steps=1,
+                       imgsz=128, fine_stem=True, log=lambda _m: None)
+    assert len(summary["history"]) == 1
+    with pytest.raises(ValueError, match="another run"):  # its checkpoint is not resumed without the fine stem
+        finetune([dataset], dataset, tmp_path / "w2", epochs=1, batch=4, threads=1, imgsz=128, log=lambda _m: None)
 
 
 def test_the_bundled_models_first_mobilenetv2_is_a_start_and_a_yolov8n_model_is_not(tmp_path: Path) -> None:
