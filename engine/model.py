@@ -37,6 +37,11 @@ CLASS_NAMES_FILE = "class_names.json"
 #: ONNX metadata key BlurFlag's exporter writes with the resize mode; plain ultralytics exports lack it.
 RESIZE_METADATA_KEY = "blurflag_resize"
 REDUCING_GAP_METADATA_KEY = "blurflag_reducing_gap"
+#: ONNX metadata keys with the JPEG draft factors a model asks for (InputSpec.draft_factor, .original_draft_factor;
+#: absent: InputSpec's defaults). A network whose input holds more detail than its features' size (the fine stem of
+#: trainer.imagenet) needs a decode of less than the defaults' margin over its input size.
+DRAFT_METADATA_KEY = "blurflag_draft_factor"
+ORIGINAL_DRAFT_METADATA_KEY = "blurflag_original_draft_factor"
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,9 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
     spec_kwargs: dict[str, Any] = {"size": size, "resize": resize, "max_pixels": config.max_pixels,
                                    "reducing_gap": _reducing_gap(metadata), "veil_gate": config.veil_gate,
                                    "dark_gate": config.dark_gate}
+    for key, field_name in ((DRAFT_METADATA_KEY, "draft_factor"), (ORIGINAL_DRAFT_METADATA_KEY, "original_draft_factor")):
+        if key in metadata:
+            spec_kwargs[field_name] = _draft_factor(metadata, key)
     if config.draft_factor is not None:
         spec_kwargs["draft_factor"] = config.draft_factor
     info = ModelInfo(onnx_files[0], names, InputSpec(**spec_kwargs), metadata)
@@ -156,6 +164,17 @@ def _reducing_gap(metadata: dict[str, str]) -> float | None:
         return parse_reducing_gap(metadata.get(REDUCING_GAP_METADATA_KEY))
     except ValueError as exc:
         raise ModelLoadError(f"bad {REDUCING_GAP_METADATA_KEY} in the ONNX metadata: {exc}") from None
+
+
+def _draft_factor(metadata: dict[str, str], key: str) -> float:
+    """A draft factor from the metadata: a number >= 0 (0: decode in full)."""
+    try:
+        value = float(metadata[key])
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # (NaN too)
+        raise ModelLoadError(f"bad {key} in the ONNX metadata: a number >= 0, got {metadata[key]!r}")
+    return value
 
 
 def metadata_names(metadata: dict[str, str]) -> tuple[str, ...] | None:

@@ -24,6 +24,8 @@ from engine import __version__
 from engine.errors import ModelLoadError
 from engine.model import (
     CLASS_NAMES_FILE,
+    DRAFT_METADATA_KEY,
+    ORIGINAL_DRAFT_METADATA_KEY,
     REDUCING_GAP_METADATA_KEY,
     RESIZE_METADATA_KEY,
     input_size,
@@ -47,6 +49,8 @@ PRIOR_METADATA_KEY = "blurflag_class_prior"
 #: The metadata every member must share (what the engine reads from a model). Their input sizes may differ: the graph
 #: takes the largest and resizes it inside for a smaller member (`merge_onnx`).
 MUST_AGREE = ("names", RESIZE_METADATA_KEY, REDUCING_GAP_METADATA_KEY)
+#: Taken from the members of the largest input size (the graph's), which must agree; the others are resized inside.
+DRAFT_KEYS = (DRAFT_METADATA_KEY, ORIGINAL_DRAFT_METADATA_KEY)
 COMBINE_RULES = ("mean", "geomean")
 PARITY_TOLERANCE = 1e-5
 #: The parity tolerance with float16-stored weights (`half`): for the bundled model the largest |dp| measured was 0.031
@@ -179,6 +183,14 @@ def merge_onnx(member_files: Sequence[Path], combine: str = "mean", half: bool =
     model.ir_version = first.ir_version
     networks = ", ".join(_architecture(m) for m in metas)
     meta = {k: v for k, v in metas[0].items() if all(m.get(k) == v for m in metas[1:])}
+    for key in DRAFT_KEYS:   # how to decode for the graph's input: what its members of that size ask for
+        asked = {m.get(key) for m, s in zip(metas, sizes) if s == size}
+        if len(asked) > 1:
+            raise ValueError(f"the members of the largest input size ({size}) ask for different {key!r}: "
+                             f"{sorted(str(a) for a in asked)}")
+        meta.pop(key, None)
+        if asked != {None}:
+            meta[key] = asked.pop()
     meta["imgsz"] = str([size, size])
     meta["description"] = f"BlurFlag: {n} networks averaged ({combine}): {networks}"
     meta[ARCHITECTURE_METADATA_KEY] = f"ensemble of {networks}"
@@ -406,6 +418,8 @@ def member_model(proto: onnx.ModelProto, index: int = 0) -> onnx.ModelProto:
     # the ensemble's metadata but its own description: the member's network, where the ensemble recorded it
     architecture = entry.get("architecture")
     own = {ENSEMBLE_METADATA_KEY, PRIOR_METADATA_KEY, "description", ARCHITECTURE_METADATA_KEY}
+    if "imgsz" in entry:  # a member resized inside the graph: the graph's decoding was not asked for by it
+        own |= set(DRAFT_KEYS)
     for p in proto.metadata_props:
         if p.key == "imgsz" and "imgsz" in entry:
             model.metadata_props.add(key="imgsz", value=str([entry["imgsz"], entry["imgsz"]]))

@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.model import CLASS_NAMES_FILE, PRODUCT_CLASSES, REDUCING_GAP_METADATA_KEY, RESIZE_METADATA_KEY
+from engine.model import (
+    CLASS_NAMES_FILE,
+    DRAFT_METADATA_KEY,
+    ORIGINAL_DRAFT_METADATA_KEY,
+    PRODUCT_CLASSES,
+    REDUCING_GAP_METADATA_KEY,
+    RESIZE_METADATA_KEY,
+)
 from engine.preprocess import TRAIN_REDUCING_GAP, is_image_path
 
 LogFn = Callable[[str], None]
@@ -51,6 +58,12 @@ ARCHITECTURE = "mobilenetv2"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mobilenetv2_imagenet.pt"
 #: MobileNetV2's inverted-residual settings: expansion t, channels c, repeats n, first stride s.
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+#: The JPEG draft factors a fine-stem network's export asks the engine for (exports, camera originals): a decoded
+#: short side of 1.5 x and 1 x its input size, i.e. 2,048-px exports at 1/2 scale and 24 MP originals at 1/8 for 448
+#: px, which keeps the engine's cost at the 224-px network's. Measured with two fine-stem networks and the textured
+#: one at 448 (`bench/throughput.py --draft-check`): probabilities within 0.017 of a full decode on the 324 shared
+#: race photos and 20 generated 2,048-px exports, within 0.005 on 20 generated 24 MP files, no top class changed.
+FINE_DRAFT_FACTORS = (1.5, 1.0)
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
@@ -472,6 +485,8 @@ def export(best: Path, model_dir: Path, parity_images: Sequence[Path] = (), tole
             "task": "classify", "imgsz": str([imgsz, imgsz]), "names": str(dict(enumerate(names))),
             RESIZE_METADATA_KEY: "stretch", REDUCING_GAP_METADATA_KEY: str(TRAIN_REDUCING_GAP),
             "blurflag_version": __version__, ARCHITECTURE_METADATA_KEY: ARCHITECTURE}
+    if fine_stem:
+        meta[DRAFT_METADATA_KEY], meta[ORIGINAL_DRAFT_METADATA_KEY] = (str(f) for f in FINE_DRAFT_FACTORS)
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)

@@ -249,3 +249,43 @@ def test_members_of_different_input_sizes_share_the_largest(members, photos, tmp
     odd = _member(tmp_path, "odd", imgsz="[224, 160]")
     with pytest.raises(ValueError, match="square"):
         build_ensemble([members[0], odd], tmp_path / "ens2")
+
+
+def _with_meta(member: Path, **meta: str) -> Path:
+    """The member with metadata keys added or replaced (in place)."""
+    proto = onnx.load(str(member / "blurflag.onnx"))
+    for p in [p for p in proto.metadata_props if p.key in meta]:
+        proto.metadata_props.remove(p)
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(member / "blurflag.onnx"))
+    return member
+
+
+def test_the_draft_factors_the_largest_members_ask_for_are_the_graphs(members, tmp_path: Path) -> None:
+    """Members that ask for their own JPEG draft factors (a fine-stem MobileNetV2: trainer.imagenet) pass them to the
+    merged graph when theirs is its input size; the engine decodes by them; a member resized inside does not bring
+    them along when it is taken back out; members of the graph's size that disagree are refused."""
+    from engine.model import DRAFT_METADATA_KEY, ORIGINAL_DRAFT_METADATA_KEY
+
+    asks = {DRAFT_METADATA_KEY: "1.5", ORIGINAL_DRAFT_METADATA_KEY: "1.0"}
+    big = _with_meta(_at_size(members[1], tmp_path / "big", 320), **asks)
+    assert (load_classifier(big).spec.draft_factor, load_classifier(big).spec.original_draft_factor) == (1.5, 1.0)
+    build_ensemble([big, members[0]], tmp_path / "ens")
+    ens = load_classifier(tmp_path / "ens")
+    assert (ens.spec.draft_factor, ens.spec.original_draft_factor) == (1.5, 1.0)
+    assert load_classifier(tmp_path / "ens", EngineConfig(draft_factor=4.0)).spec.draft_factor == 4.0  # settings win
+    plain = load_classifier(members[0]).spec
+    assert (plain.draft_factor, plain.original_draft_factor) == (4.0, 2.0)  # InputSpec's defaults where none is asked
+    proto = onnx.load(str(tmp_path / "ens" / "blurflag.onnx"))
+    assert DRAFT_METADATA_KEY not in {p.key for p in member_model(proto, 1).metadata_props}
+    assert {p.key: p.value for p in member_model(proto, 0).metadata_props}[DRAFT_METADATA_KEY] == "1.5"
+    # a plain member beside the asking one at the graph's size (ask-less: the defaults) is a disagreement
+    same = _at_size(members[0], tmp_path / "same", 320)
+    with pytest.raises(ValueError, match=DRAFT_METADATA_KEY):
+        build_ensemble([big, same], tmp_path / "ens2")
+    bad = _with_meta(_at_size(members[0], tmp_path / "bad", 224), **{DRAFT_METADATA_KEY: "half"})
+    from engine.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=DRAFT_METADATA_KEY):
+        load_classifier(bad)

@@ -209,6 +209,10 @@ def test_a_fine_stem_starts_as_the_pretrained_network_on_the_input_reduced_2x2(t
     net = _trained_looking_network(4, fine_stem=True)
     torch.save(net.state_dict(), tmp_path / "a.pt")
     export(tmp_path / "a.pt", tmp_path / "a", imgsz=128, fine_stem=True)
+    from engine.model import load_classifier
+
+    spec = load_classifier(tmp_path / "a").spec  # decoded for the detail its input holds (FINE_DRAFT_FACTORS)
+    assert (spec.size, spec.draft_factor, spec.original_draft_factor) == (128, 1.5, 1.0)
     state = onnx_start(tmp_path / "a" / "blurflag.onnx", log=lambda _m: None)
     back = build_network(4, fine_stem=True)
     back.load_state_dict(state)
