@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -149,9 +150,9 @@ def read_model_info(model_dir: Path, config: EngineConfig | None = None) -> tupl
     spec_kwargs: dict[str, Any] = {"size": size, "resize": resize, "max_pixels": config.max_pixels,
                                    "reducing_gap": _reducing_gap(metadata), "veil_gate": config.veil_gate,
                                    "dark_gate": config.dark_gate}
-    for key, field_name in ((DRAFT_METADATA_KEY, "draft_factor"), (ORIGINAL_DRAFT_METADATA_KEY, "original_draft_factor")):
+    for key, name in ((DRAFT_METADATA_KEY, "draft_factor"), (ORIGINAL_DRAFT_METADATA_KEY, "original_draft_factor")):
         if key in metadata:
-            spec_kwargs[field_name] = _draft_factor(metadata, key)
+            spec_kwargs[name] = _draft_factor(metadata, key)
     if config.draft_factor is not None:
         spec_kwargs["draft_factor"] = config.draft_factor
     info = ModelInfo(onnx_files[0], names, InputSpec(**spec_kwargs), metadata)
@@ -167,12 +168,12 @@ def _reducing_gap(metadata: dict[str, str]) -> float | None:
 
 
 def _draft_factor(metadata: dict[str, str], key: str) -> float:
-    """A draft factor from the metadata: a number >= 0 (0: decode in full)."""
+    """A draft factor from the metadata: a finite number >= 0 (0: decode in full)."""
     try:
         value = float(metadata[key])
     except ValueError:
         value = -1.0
-    if not value >= 0:  # (NaN too)
+    if not (math.isfinite(value) and value >= 0):
         raise ModelLoadError(f"bad {key} in the ONNX metadata: a number >= 0, got {metadata[key]!r}")
     return value
 

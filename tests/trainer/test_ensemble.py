@@ -284,8 +284,9 @@ def test_the_draft_factors_the_largest_members_ask_for_are_the_graphs(members, t
     same = _at_size(members[0], tmp_path / "same", 320)
     with pytest.raises(ValueError, match=DRAFT_METADATA_KEY):
         build_ensemble([big, same], tmp_path / "ens2")
-    bad = _with_meta(_at_size(members[0], tmp_path / "bad", 224), **{DRAFT_METADATA_KEY: "half"})
     from engine.errors import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match=DRAFT_METADATA_KEY):
-        load_classifier(bad)
+    for i, text in enumerate(("half", "-1", "inf", "nan")):
+        bad = _with_meta(_at_size(members[0], tmp_path / f"bad{i}", 224), **{ORIGINAL_DRAFT_METADATA_KEY: text})
+        with pytest.raises(ModelLoadError, match=ORIGINAL_DRAFT_METADATA_KEY):
+            load_classifier(bad)
