@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.focus import focus_map, focus_overlay  # noqa: E402
+from engine.focus import focus_map, focus_overlay
 
 TARGETS_MS = {"focus_map": 150.0, "focus_overlay": 300.0}
 
