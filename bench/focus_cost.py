@@ -2,7 +2,7 @@
 
 The app draws the overlay when a photo is opened, on the preview it already shows, so both must stay well under
 the time a user waits for a click (targets: focus_map < 150 ms, focus_overlay < 300 ms on one core). The picture is
-a crisp random-block texture whose right half is the same texture out of focus, as the engine's tests use.
+the engine tests' half-soft texture (tests/toydata.py: crisp random blocks, the right half out of focus).
 
     .venv/bin/python bench/focus_cost.py [--repeat 9]
 """
@@ -15,23 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageFilter
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.focus import focus_map, focus_overlay
+from tests.toydata import half_soft
 
 TARGETS_MS = {"focus_map": 150.0, "focus_overlay": 300.0}
-
-
-def half_soft(width: int = 1024, height: int = 683, cell: int = 4) -> Image.Image:
-    rng = np.random.default_rng(0)
-    cells = rng.integers(40, 215, (height // cell + 1, width // cell + 1, 3), dtype=np.uint8)
-    sharp = Image.fromarray(np.ascontiguousarray(np.repeat(np.repeat(cells, cell, 0), cell, 1)[:height, :width]))
-    out = sharp.copy()
-    out.paste(sharp.filter(ImageFilter.GaussianBlur(4)).crop((width // 2, 0, width, height)), (width // 2, 0))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,9 +146,9 @@ IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
 IMAGENET_FINE=${IMAGENET_FINE:-0}
 [[ "$IMAGENET_FINE" =~ ^[01]$ ]] || { echo "IMAGENET_FINE is 0 or 1, not '$IMAGENET_FINE'" >&2; exit 2; }
 if [ "$IMAGENET_FINE" = 1 ]; then IMAGENET_IMGSZ=${IMAGENET_IMGSZ:-448}; else IMAGENET_IMGSZ=${IMAGENET_IMGSZ:-224}; fi
-STEP=$((32 * (IMAGENET_FINE + 1)))
-[[ "$IMAGENET_IMGSZ" =~ ^[0-9]+$ ]] && [ $((IMAGENET_IMGSZ % STEP)) = 0 ] && [ "$IMAGENET_IMGSZ" -ge 64 ] \
-  || { echo "IMAGENET_IMGSZ is a multiple of $STEP (at least 64), not '$IMAGENET_IMGSZ'" >&2; exit 2; }
+IMGSZ_STEP=$((32 * (IMAGENET_FINE + 1)))
+[[ "$IMAGENET_IMGSZ" =~ ^[0-9]+$ ]] && [ $((IMAGENET_IMGSZ % IMGSZ_STEP)) = 0 ] && [ "$IMAGENET_IMGSZ" -ge 64 ] \
+  || { echo "IMAGENET_IMGSZ is a multiple of $IMGSZ_STEP (at least 64), not '$IMAGENET_IMGSZ'" >&2; exit 2; }
 IN_SUFFIX="" IN_IMGSZ=()   # the MobileNetV2 datasets' folder suffix and size option (none at 224: WORK/ship...)
 [ "$IMAGENET_IMGSZ" != 224 ] && IN_SUFFIX="-$IMAGENET_IMGSZ" IN_IMGSZ=(--imgsz "$IMAGENET_IMGSZ")
 IN_STEM=()   # the fine-tunings' stem option

@@ -63,3 +63,20 @@ def open_as_ultralytics_patches_it(real_open: Callable[..., Image.Image]) -> Cal
             raise ModuleNotFoundError("No module named 'pi_heif'") from None
 
     return patched
+
+
+def texture(width: int, height: int, cell: int = 4, seed: int = 0) -> Image.Image:
+    """Crisp random blocks: edges at pixel precision, like in-focus detail."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(40, 215, (height // cell + 1, width // cell + 1, 3), dtype=np.uint8)
+    big = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)[:height, :width]
+    return Image.fromarray(np.ascontiguousarray(big), "RGB")
+
+
+def half_soft(width: int = 1024, height: int = 683) -> Image.Image:
+    """Left half crisp, right half the same texture out of focus."""
+    sharp = texture(width, height)
+    soft = sharp.filter(ImageFilter.GaussianBlur(4))
+    out = sharp.copy()
+    out.paste(soft.crop((width // 2, 0, width, height)), (width // 2, 0))
+    return out

@@ -134,7 +134,7 @@ def load_start(net: Any, weights: Path) -> None:
         raise ValueError(f"{weights}: not a state dict")
     state = {k: v for k, v in state.items() if k.startswith("features.")}
     first = "features.0.0.weight"
-    if first in state and tuple(state[first].shape[2:]) == (3, 3) and is_fine(net):
+    if first in state and not is_fine(state[first]) and is_fine(net.features[0][0].weight):
         state[first] = fine_kernel(state[first])
     want = {k: v.shape for k, v in net.state_dict().items() if k.startswith("features.")}
     got = {k: getattr(v, "shape", None) for k, v in state.items()}
@@ -145,9 +145,9 @@ def load_start(net: Any, weights: Path) -> None:
     net.load_state_dict(state, strict=False)
 
 
-def is_fine(net: Any) -> bool:
-    """Whether a `build_network` network has the fine stem (its first kernel 6 x 6)."""
-    return tuple(net.features[0][0].weight.shape[2:]) == (6, 6)
+def is_fine(first_kernel: Any) -> bool:
+    """Whether a first convolution's weights (a tensor or an array) are a fine stem's: 6 x 6 rather than 3 x 3."""
+    return tuple(first_kernel.shape[2:]) == (6, 6)
 
 
 def is_mobilenetv2(proto: Any) -> bool:
@@ -199,7 +199,7 @@ def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
         raise ValueError(f"{source}: its classes {_onnx_class_names(proto)} are not BlurFlag's {names}")
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     first = next((weights.get(n.input[1]) for n in proto.graph.node if n.op_type == "Conv"), None)
-    fine = first is not None and tuple(first.shape[2:]) == (6, 6)
+    fine = first is not None and is_fine(first)
     net = build_network(len(names), fine_stem=fine)
     convs = [m for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)]
     norms = [m for m in net.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -355,7 +355,7 @@ def finetune(datasets: Sequence[Path], val_dataset: Path, work: Path, *, weights
     frozen_norms = Path(weights).suffix.lower() == ".onnx"
     if frozen_norms:
         state = onnx_start(Path(weights), log)
-        if tuple(state["features.0.0.weight"].shape[2:]) != tuple(net.features[0][0].weight.shape[2:]):
+        if is_fine(state["features.0.0.weight"]) != fine_stem:
             raise ValueError(f"{weights}: its MobileNetV2 {'has' if not fine_stem else 'lacks'} the fine stem; "
                              f"train it {'with' if not fine_stem else 'without'} --fine-stem")
         net.load_state_dict(state)
