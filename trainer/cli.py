@@ -21,6 +21,8 @@ from engine.preprocess import TRAIN_REDUCING_GAP, InputSpec
 from trainer import NETWORKS
 from trainer.train import PRECISIONS
 
+DEFAULT_IMGSZ = 224  # the input size of `prepare` and `run` without --imgsz (a MobileNetV2 run: its start's)
+
 
 class Reporter:
     """Prints progress as text, or as JSON lines with `--events`."""
@@ -97,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_prepare_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--imgsz", type=int, default=224, help="model input size (default 224)")
+        sp.add_argument("--imgsz", type=int, default=None,
+                        help="model input size (default 224; run --network mobilenetv2: its start's size)")
         sp.add_argument("--resize", choices=["stretch", "center_crop"], default="stretch")
         sp.add_argument("--val-fraction", type=float, default=0.2)
         sp.add_argument("--seed", type=int, default=0)
@@ -332,15 +335,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--synth-per-class", type=int, default=0, help="N synthetic examples for every blur class")
     sp.add_argument("--network", choices=NETWORKS, default="yolov8n-cls",
                     help="yolov8n-cls (ultralytics; --weights: a YOLOv8n-cls .pt or a YOLOv8n .pt/ONNX, default "
-                         "yolov8n-cls.yaml) or mobilenetv2 (trainer/imagenet.py, 224 px, stretch; --weights: a "
+                         "yolov8n-cls.yaml) or mobilenetv2 (trainer/imagenet.py, stretch; --weights: a "
                          "MobileNetV2 state dict or a BlurFlag MobileNetV2 ONNX such as the bundled model, default "
-                         "the committed ImageNet weights; --epochs default 6; no early stopping)")
+                         "the committed ImageNet weights; it trains at its start's input size and stem, 224 px from "
+                         "ImageNet; --epochs default 6; no early stopping)")
     sp.set_defaults(epochs=None)  # the network's own default (100 with early stopping, or 6)
     return p
 
 
 def _spec(args: argparse.Namespace) -> InputSpec:
-    return InputSpec(size=args.imgsz, resize=args.resize,
+    return InputSpec(size=args.imgsz or DEFAULT_IMGSZ, resize=args.resize,
                      reducing_gap=TRAIN_REDUCING_GAP if args.resize == "stretch" else None)
 
 
@@ -380,14 +384,19 @@ def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> 
     from trainer.train import EpochStats, train_model
 
     mobilenet = args.network == "mobilenetv2"
+    fine = False
     if mobilenet:
-        from trainer.imagenet import DEFAULT_WEIGHTS, IMGSZ
+        from trainer.imagenet import DEFAULT_WEIGHTS, start_geometry
         from trainer.imagenet import export as export_mobilenet
         from trainer.imagenet import finetune
 
-        if args.imgsz != IMGSZ or args.resize != "stretch":
-            raise ValueError(f"the MobileNetV2 network trains at --imgsz {IMGSZ} with --resize stretch, "
+        size, fine = start_geometry(args.weights)
+        start = args.weights or "the ImageNet weights"
+        if args.imgsz not in (None, size) or args.resize != "stretch":
+            raise ValueError(f"a MobileNetV2 from {start} trains at --imgsz {size} with --resize stretch, "
                              f"not {args.imgsz} / {args.resize}")
+        args.imgsz = size
+        rep.log(f"MobileNetV2 from {start}: {size} px" + (" with a fine stem (6x6 stride 4)" if fine else ""))
     if args.epochs is None:
         args.epochs = 6 if mobilenet else 100
     started = time.monotonic()
@@ -412,12 +421,14 @@ def _cmd_run(args: argparse.Namespace, rep: Reporter, stop: threading.Event) -> 
 
         summary = finetune([dataset], dataset, work / "mobilenetv2", weights=args.weights or DEFAULT_WEIGHTS,
                            epochs=args.epochs, batch=args.batch, seed=args.seed, threads=args.threads,
-                           precision=args.precision, log=rep.log, stop=stop, on_epoch=on_mobilenet_epoch)
+                           precision=args.precision, log=rep.log, stop=stop, on_epoch=on_mobilenet_epoch,
+                           imgsz=args.imgsz, fine_stem=fine)
         if summary.get("stopped"):
             return 130
         rep.emit("step", step="export", index=3, total=4)
         images = _parity_images(dataset)
-        diff = export_mobilenet(work / "mobilenetv2" / "best.pt", args.model_out, images)
+        diff = export_mobilenet(work / "mobilenetv2" / "best.pt", args.model_out, images, imgsz=args.imgsz,
+                                fine_stem=fine)
         rep.log(f"exported {args.model_out} (parity max |dp| = {diff:.2e} on {len(images)} images)")
     else:
         best = train_model(dataset, work, _train_config(args), args.weights, on_epoch=on_epoch, log=rep.log,

@@ -408,9 +408,11 @@ def member_model(proto: onnx.ModelProto, index: int = 0) -> onnx.ModelProto:
     entry = record["members"][index] if index < len(record.get("members", [])) else {}
     member_input = type(graph.input[0])()
     member_input.CopyFrom(graph.input[0])
-    if "imgsz" in entry:
+    if "imgsz" in entry:  # a static input takes the member's size; a dynamic one stays dynamic, as members export
         for axis in (2, 3):
-            member_input.type.tensor_type.shape.dim[axis].dim_value = int(entry["imgsz"])
+            dim = member_input.type.tensor_type.shape.dim[axis]
+            if dim.HasField("dim_value"):
+                dim.dim_value = int(entry["imgsz"])
     out = helper.make_graph(nodes, graph.name, [member_input], [graph.output[0]],
                             initializer=renamed(graph.initializer), value_info=renamed(graph.value_info))
     model = helper.make_model(out, opset_imports=list(proto.opset_import), producer_name=proto.producer_name)

@@ -156,19 +156,10 @@ def is_mobilenetv2(proto: Any) -> bool:
     return any(t.name == "net.fc.weight" for t in proto.graph.initializer)
 
 
-def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
-    """The state dict (head included) of the MobileNetV2 in `source`: an `export`, or an ensemble's first MobileNetV2.
-
-    The export folds each batch norm into its convolution; each comes back as that convolution followed by an identity
-    batch norm (running mean 0, running variance 1 - eps, scale 1, shift the folded bias): in evaluation mode exactly
-    the exported function, checked against the ONNX graph on random input. Fine-tune it with the batch norms'
-    statistics frozen (`finetune` does, for an ONNX start)."""
+def _mobilenet_proto(source: Path, log: LogFn = print) -> Any:
+    """The ONNX MobileNetV2 in `source`: an `export`, or an ensemble's first MobileNetV2 member (`member_model`)."""
     import onnx
-    import onnxruntime as ort
-    import torch
-    from onnx import numpy_helper
 
-    from trainer.backbone import _onnx_class_names
     from trainer.ensemble import ENSEMBLE_METADATA_KEY, is_ensemble, member_model
 
     source = Path(source)
@@ -194,11 +185,65 @@ def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
     elif not is_mobilenetv2(proto):
         raise ValueError(f"{source}: not a MobileNetV2 that BlurFlag exported; a YOLOv8n-cls model trains with the "
                          "YOLOv8n-cls network")
+    return proto
+
+
+def _first_kernel(proto: Any) -> Any:
+    """The weights of an ONNX graph's first convolution (None without one)."""
+    from onnx import numpy_helper
+
+    weights = {t.name: t for t in proto.graph.initializer}
+    node = next((n for n in proto.graph.node if n.op_type == "Conv"), None)
+    return numpy_helper.to_array(weights[node.input[1]]) if node is not None and node.input[1] in weights else None
+
+
+def start_geometry(weights: Path | None) -> tuple[int, bool]:
+    """The input size and stem a fine-tuning from `weights` trains with: (`IMGSZ`, False) from a state dict such as
+    the ImageNet weights (a fine-stem one: twice the size, True); from an ONNX MobileNetV2 (an export or an ensemble's
+    first MobileNetV2, e.g. the bundled model) its own input size and stem, so a user's retraining keeps what the
+    network was built for (a fine stem's 448 px)."""
+    if weights is None or Path(weights).suffix.lower() != ".onnx":
+        import torch
+
+        state = torch.load(Path(weights or DEFAULT_WEIGHTS), map_location="cpu", weights_only=True)
+        kernel = state.get("features.0.0.weight") if isinstance(state, dict) else None
+        fine = kernel is not None and is_fine(kernel)
+        return (2 * IMGSZ if fine else IMGSZ), fine
+    from engine.errors import ModelLoadError
+    from engine.model import input_size
+
+    proto = _mobilenet_proto(Path(weights), log=lambda _message: None)
+    kernel = _first_kernel(proto)
+    fine = kernel is not None and is_fine(kernel)
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    try:
+        size = input_size(metadata, shape)
+    except ModelLoadError:
+        size = 2 * IMGSZ if fine else IMGSZ
+    _check_imgsz(size, fine)
+    return size, fine
+
+
+def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
+    """The state dict (head included) of the MobileNetV2 in `source`: an `export`, or an ensemble's first MobileNetV2.
+
+    The export folds each batch norm into its convolution; each comes back as that convolution followed by an identity
+    batch norm (running mean 0, running variance 1 - eps, scale 1, shift the folded bias): in evaluation mode exactly
+    the exported function, checked against the ONNX graph on random input. Fine-tune it with the batch norms'
+    statistics frozen (`finetune` does, for an ONNX start)."""
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+
+    from trainer.backbone import _onnx_class_names
+
+    proto = _mobilenet_proto(source, log)
     names = tuple(sorted(PRODUCT_CLASSES))
     if _onnx_class_names(proto) != names:
         raise ValueError(f"{source}: its classes {_onnx_class_names(proto)} are not BlurFlag's {names}")
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    first = next((weights.get(n.input[1]) for n in proto.graph.node if n.op_type == "Conv"), None)
+    first = _first_kernel(proto)
     fine = first is not None and is_fine(first)
     net = build_network(len(names), fine_stem=fine)
     convs = [m for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def test_command_line_follows_the_protocol() -> None:
 
 
 def test_the_network_choice_fits_the_form_and_is_remembered(qtbot, settings: S.Settings, tmp_path: Path) -> None:
-    """MobileNetV2 trains at 224 px only and for a few epochs; the form follows the choice and the run gets it."""
+    """MobileNetV2 trains at its start's size (224 px from ImageNet) and for a few epochs; the form follows the
+    choice and the run gets it."""
     import trainer
     from desktop.trainer_tab import NETWORKS
 
@@ -51,7 +53,7 @@ def test_the_network_choice_fits_the_form_and_is_remembered(qtbot, settings: S.S
     tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
     assert tab.epochs_spin.value() == 9
     args = _arguments_of_a_run(qtbot, tab, tmp_path)
-    assert args[args.index("--network") + 1] == "mobilenetv2" and args[args.index("--imgsz") + 1] == "224"
+    assert args[args.index("--network") + 1] == "mobilenetv2" and "--imgsz" not in args  # the start's size
     assert settings.get(S.TRAIN_NETWORK) == "mobilenetv2"
     again = TrainerTab(settings, overrides=dict, availability=lambda: (True, "ok"))
     qtbot.addWidget(again)
@@ -162,6 +164,34 @@ def test_format_metrics_lists_every_class() -> None:
     assert "Sharp" in html and "Defocused" in html and "25.0%" in html and "5.0%" in html
 
 
+def test_a_mobilenetv2_start_shows_its_own_input_size(qtbot, settings: S.Settings, tmp_path: Path) -> None:
+    """A fine-stem model as the start: the form shows its size (128 here, the fine stem's 448 px in real use) and the
+    run leaves the size to the trainer, which reads it from the start; the bundled model's is 448 (its fine stem)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    make = ("import torch; from trainer.imagenet import build_network, export; "
+            "torch.save(build_network(4, fine_stem=True).state_dict(), 'f.pt'); "
+            "export('f.pt', 'fine', imgsz=128, fine_stem=True)")  # torch stays out of the Qt process
+    subprocess.run([sys.executable, "-c", make], cwd=tmp_path, check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": str(repo)})
+    tab = TrainerTab(settings, overrides=dict, availability=lambda: (True, "ok"))
+    qtbot.addWidget(tab)
+    tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
+    tab.weights_edit.setText(str(tmp_path / "fine" / "blurflag.onnx"))
+    assert not tab.imgsz_spin.isEnabled() and tab.imgsz_spin.value() == 128
+    assert "128 px" in tab.imgsz_spin.toolTip()
+    args = _arguments_of_a_run(qtbot, tab, tmp_path)
+    assert "--imgsz" not in args and args[args.index("--weights") + 1].endswith("blurflag.onnx")
+    tab.start_from_bundled_button.click()
+    assert tab.imgsz_spin.value() == 448
+    tab.weights_edit.setText(str(tmp_path / "missing.onnx"))  # nothing to read: the network's usual size
+    assert tab.imgsz_spin.value() == 224
+    tab.network_combo.setCurrentIndex(tab.network_combo.findData("yolov8n-cls"))
+    tab.weights_edit.setText(str(tmp_path / "fine" / "blurflag.onnx"))  # YOLOv8n-cls: any size, the user's
+    assert tab.imgsz_spin.isEnabled()
+
+
 def _tab_for_a_real_run(qtbot, settings: S.Settings, tmp_path: Path, per_class: int) -> TrainerTab:
     """A tab whose source is a tiny dataset of the four classes, for a run of the real trainer (the train extra)."""
     import trainer
@@ -223,7 +253,8 @@ def test_real_mobilenetv2_run_continues_from_the_bundled_model(qtbot, settings: 
     from engine import load_classifier
 
     clf = load_classifier(model_dir)
-    assert clf.spec.size == 224 and len(clf.names) == 4
+    assert clf.spec.size == 448 and len(clf.names) == 4  # the bundled MobileNetV2's own size (fine stem)
+    assert "448 px with a fine stem" in tab.log.toPlainText()
     assert tab.state.metrics is not None and (Path(model_dir) / "evaluation.json").exists()
 
 

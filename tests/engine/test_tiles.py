@@ -176,7 +176,7 @@ def test_a_file_gone_before_its_tiles_keeps_the_whole_frame_answer(
 
 def test_bundled_model_with_and_without_the_check(bundled: BlurClassifier, tmp_path: Path) -> None:
     plain = load_classifier(config=EngineConfig(tile_check=None))
-    img = scene(0, (600, 400))  # a smooth toy scene: the whole frame gives defocus some probability
+    img = scene(1, (600, 400))  # a smooth toy scene: the whole frame gives defocus some probability
     p = tmp_path / "scene.png"
     img.save(p)
     whole = np.array([plain.classify(p).probabilities[n] for n in bundled.names])

@@ -37,11 +37,11 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "IMAGENET_FINE": "0", "bf16": "1"}
+                       "SHARPEN": "0", "SHARP_PRIOR": "3", "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "1", "IMAGENET_IMGSZ": "224", "IMAGENET_FINE": "0", "bf16": "0"}
+                       "SHARPEN": "0", "SHARP_PRIOR": "3", "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -142,15 +142,17 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     afternoon of 2026-12-06 (IMAGENET_DRAWS=4) the fine-tunings learn from four synthesis draws of the same split:
     two more datasets, made before any training (stage 1's settings with synthesis seed 2, stage 2's mix with seed
     3), 3 epochs on all four datasets' training images; the YOLOv8n-cls chain does not use them. (Their mixes:
-    the MOTION34 test.)"""
+    the MOTION34 test.) Since 2026-12-07 the fine-tunings have the fine stem at 448 px, on the four draws prepared at
+    448, and the merge weights sharp by 3."""
     calls = _run_with_stubs(tmp_path, bf16="1")
     w = str(tmp_path / "work")
     runs = [c for c in calls if c.startswith("imagenet ")]
     assert sorted(r.split()[1] for r in runs) == [f"{w}/in-s1/model", f"{w}/in/model"]
-    draws = " ".join(f"--dataset {w}/ship{n}/dataset" for n in ("", "2", "3", "4"))
-    assert all(f" {draws} --val-dataset {w}/ship2/dataset " in r and r.endswith("--epochs 3 --threads 1") for r in runs)
-    (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
-    (d4,) = [c for c in calls if f"--work {w}/ship4 " in c]
+    draws = " ".join(f"--dataset {w}/ship{n}-448/dataset" for n in ("", "2", "3", "4"))
+    assert all(f" {draws} --val-dataset {w}/ship2-448/dataset " in r and
+               r.endswith("--epochs 3 --imgsz 448 --fine-stem --threads 1") for r in runs)
+    (d3,) = [c for c in calls if f"--work {w}/ship3-448 " in c]
+    (d4,) = [c for c in calls if f"--work {w}/ship4-448 " in c]
     assert " --synth-seed 2 " in d3 and d3.endswith("--prepare-only")
     assert " --synth-seed 3 " in d4 and " --mix shake=350 " in d4 and d4.endswith("--prepare-only")
     assert calls.index(d4) < min(calls.index(r) for r in runs)
@@ -164,11 +166,11 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     assert taken == ["imagenet:0 stage 1", "imagenet:1 stage 1", "textured:0 stage 1", "textured:0 stage 2"]
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:8] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s1/model", "--half", "--prior",
-                                  "sharp=1"]
+                                  "sharp=3"]
     assert "--dataset" in merge.split()  # the merged graph (float16-stored weights) checked on stage 2's images
     # where the CPU has no bfloat16: one after the other, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0")
-    assert [c.split()[-1] for c in seq if c.startswith("imagenet ")] == ["3", "3"]
+    assert [c.split(" --epochs ")[1] for c in seq if c.startswith("imagenet ")] == ["3 --imgsz 448 --fine-stem"] * 2
     assert not any("--threads" in c for c in seq if " --work " in c)
 
 
@@ -196,13 +198,13 @@ def test_motion34_gives_the_extra_draws_more_motion_and_subject_defocus(tmp_path
     """MOTION34=1 (the default since 2026-12-06 night): ship3 and ship4 carry more shake, subject motion (and ship4
     subject defocus) than the recipe's mixes; MOTION34=0 gives them the recipe's mixes (ship3 none of its own, ship4
     stage 2's). The recipe's two datasets and the chains' commands do not change. Any value but 0 or 1 is refused."""
-    base = _run_with_stubs(tmp_path / "base", bf16="1", MOTION34="0")
+    base = _run_with_stubs(tmp_path / "base", bf16="1", MOTION34="0", IMAGENET_FINE="0")  # the 224-px datasets' names
     wb = str(tmp_path / "base" / "work")
     (b3,) = [c for c in base if f"--work {wb}/ship3 " in c]
     (b4,) = [c for c in base if f"--work {wb}/ship4 " in c]
     assert "--mix" not in b3 and b4.split(" --mix shake=350 ")[1].startswith(
         "--mix linear_motion=250 --mix subject_motion=200 --mix subject_defocus=700 --train-floor ")
-    calls = _run_with_stubs(tmp_path / "m", bf16="1")
+    calls = _run_with_stubs(tmp_path / "m", bf16="1", IMAGENET_FINE="0")
     w = str(tmp_path / "m" / "work")
     (d3,) = [c for c in calls if f"--work {w}/ship3 " in c]
     (d4,) = [c for c in calls if f"--work {w}/ship4 " in c]
@@ -222,8 +224,8 @@ def test_imagenet_imgsz_gives_the_mobilenetv2_networks_datasets_of_their_size(tm
     """IMAGENET_IMGSZ=320: the four draws once more at 320 (the same synthesis: the same seeds and mixes), in folders
     of their own, and the fine-tunings train and export at 320; the textured chain keeps the recipe's 224-px datasets,
     and the merge takes both sizes. Sizes that are not multiples of 32 are refused before any work."""
-    base = _run_with_stubs(tmp_path / "base", bf16="1")
-    calls = _run_with_stubs(tmp_path / "b", bf16="1", IMAGENET_IMGSZ="320")
+    base = _run_with_stubs(tmp_path / "base", bf16="1", IMAGENET_FINE="0")
+    calls = _run_with_stubs(tmp_path / "b", bf16="1", IMAGENET_FINE="0", IMAGENET_IMGSZ="320")
     w, wb = str(tmp_path / "b" / "work"), str(tmp_path / "base" / "work")
     for name in ("ship", "ship2", "ship3", "ship4"):
         (at224,) = [c for c in base if f"--work {wb}/{name} " in c and "--prepare-only" in c]
@@ -238,23 +240,24 @@ def test_imagenet_imgsz_gives_the_mobilenetv2_networks_datasets_of_their_size(tm
     assert all(r.endswith("--epochs 3 --imgsz 320 --threads 1") for r in runs)
     assert f"--work {w}/ship " in " ".join(calls) and f"--work {w}/ship2 " in " ".join(calls)
     assert not any("-320" in c for c in calls if f"--work {w}/tdl" in c)
-    assert _schedule(tmp_path / "s", IMAGENET_IMGSZ="320")["IMAGENET_IMGSZ"] == "320"
+    assert _schedule(tmp_path / "s", IMAGENET_FINE="0", IMAGENET_IMGSZ="320")["IMAGENET_IMGSZ"] == "320"
     for bad in ("300", "32", "x"):
         with pytest.raises(subprocess.CalledProcessError) as err:
-            _run_with_stubs(tmp_path / "bad", bf16="1", IMAGENET_IMGSZ=bad)
+            _run_with_stubs(tmp_path / "bad", bf16="1", IMAGENET_FINE="0", IMAGENET_IMGSZ=bad)
         assert "IMAGENET_IMGSZ" in err.value.stderr and not (tmp_path / "bad" / "calls.log").exists()
 
 
 def test_imagenet_fine_trains_fine_stem_networks_at_448_on_datasets_of_that_size(tmp_path: Path) -> None:
-    """IMAGENET_FINE=1: the fine-tunings get --fine-stem at 448 (the four draws prepared at 448, as IMAGENET_IMGSZ=448
-    would make them); another size must be a multiple of 64; other values are refused before any work."""
-    calls = _run_with_stubs(tmp_path / "f", bf16="1", IMAGENET_FINE="1")
+    """IMAGENET_FINE=1 (the default since 2026-12-07): the fine-tunings get --fine-stem at 448 (the four draws prepared
+    at 448, as IMAGENET_IMGSZ=448 would make them); another size must be a multiple of 64; other values are refused
+    before any work."""
+    calls = _run_with_stubs(tmp_path / "f", bf16="1")
     w = str(tmp_path / "f" / "work")
     runs = [c for c in calls if c.startswith("imagenet ")]
     draws = " ".join(f"--dataset {w}/ship{n}-448/dataset" for n in ("", "2", "3", "4"))
     assert len(runs) == 2 and all(f" {draws} --val-dataset {w}/ship2-448/dataset " in r for r in runs)
     assert all(r.endswith("--epochs 3 --imgsz 448 --fine-stem --threads 1") for r in runs)
-    plain = _run_with_stubs(tmp_path / "p", bf16="1", IMAGENET_IMGSZ="448")
+    plain = _run_with_stubs(tmp_path / "p", bf16="1", IMAGENET_FINE="0", IMAGENET_IMGSZ="448")
     assert [c.replace(str(tmp_path / "p"), "R") for c in plain if "--prepare-only" in c] == \
         [c.replace(str(tmp_path / "f"), "R") for c in calls if "--prepare-only" in c]
     assert not any("--fine-stem" in c for c in plain)
@@ -269,7 +272,7 @@ def test_imagenet_fine_trains_fine_stem_networks_at_448_on_datasets_of_that_size
 def test_imagenet_draws_2_trains_the_mobilenetv2_networks_on_the_recipes_two_datasets(tmp_path: Path) -> None:
     """IMAGENET_DRAWS=2 (shipped until the afternoon of 2026-12-06): 6 epochs on the recipe's two datasets, no
     further draws made. Any count but 2 or 4 is refused before any work."""
-    calls = _run_with_stubs(tmp_path, bf16="1", IMAGENET_DRAWS="2")
+    calls = _run_with_stubs(tmp_path, bf16="1", IMAGENET_DRAWS="2", IMAGENET_FINE="0")
     w = str(tmp_path / "work")
     runs = [c for c in calls if c.startswith("imagenet ")]
     assert [r.split()[1] for r in runs] == [f"{w}/in/model", f"{w}/in-s1/model"]
@@ -354,7 +357,7 @@ def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: P
     """CHAINS=imagenet:SEED: `blurflag-train imagenet` on the training images of the four datasets (IMAGENET_DRAWS),
     selected on stage 2's validation split, in WORK/in (seed 0) or WORK/in-sN; beside a YOLOv8n-cls chain in the
     other lane."""
-    calls = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0 textured:0 imagenet:3")
+    calls = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0 textured:0 imagenet:3", IMAGENET_FINE="0")
     w = str(tmp_path / "work")
     runs = {c for c in calls if c.startswith("imagenet ")}
     draws = " ".join(f"--dataset {w}/ship{n}/dataset" for n in ("", "2", "3", "4"))
@@ -366,23 +369,23 @@ def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: P
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s3/model", "--half"]
     # one member alone is the model itself (no merge); a finished run is not trained again
-    one = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0")
+    one = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0", IMAGENET_FINE="0")
     assert [c.split()[0] for c in one] == ["evaluate", "evaluate", "evaluate", "card"]
     assert sorted(p.name for p in (tmp_path / "work" / "final" / "model").iterdir()) == ["blurflag.onnx",
                                                                                        "class_names.json"]
 
 
 def test_sharp_prior_changes_only_the_merge(tmp_path: Path) -> None:
-    """SHARP_PRIOR=W weights `sharp` in the merged graph (default 1: none, the bundled model; 2.5 was measured and
-    not shipped); every network stays as it was, and a rerun with another prior makes only the merge again."""
+    """SHARP_PRIOR=W weights `sharp` in the merged graph (default 3, the bundled model's since 2026-12-07); every
+    network stays as it was, and a rerun with another prior makes only the merge again."""
     w = str(tmp_path / "work")
     first = _run_with_stubs(tmp_path, bf16="1")
     again = _run_with_stubs(tmp_path, bf16="1", SHARP_PRIOR="2.5")
     assert [c for c in again if " --prior " in c] == [
-        c.replace("--prior sharp=1", "--prior sharp=2.5") for c in first if " --prior " in c]
+        c.replace("--prior sharp=3", "--prior sharp=2.5") for c in first if " --prior " in c]
     assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
     assert f"{w}/final/model" in again[0]
-    assert _schedule(tmp_path / "s")["SHARP_PRIOR"] == "1"   # the schedule line logs it
+    assert _schedule(tmp_path / "s")["SHARP_PRIOR"] == "3"   # the schedule line logs it
     for bad in ("0", "0.0", "-1", "x", "2,5"):
         with pytest.raises(subprocess.CalledProcessError) as err:
             _run_with_stubs(tmp_path / "bad", bf16="1", SHARP_PRIOR=bad)

@@ -259,6 +259,61 @@ def test_the_bundled_models_first_mobilenetv2_is_a_start_and_a_yolov8n_model_is_
         onnx_start(tmp_path / "broken.onnx", log=lambda _m: None)
 
 
+def test_a_start_tells_the_input_size_and_stem_it_trains_with(tmp_path: Path) -> None:
+    """`start_geometry`: the ImageNet weights and a plain export train at 224 px, a fine-stem export at its own size
+    with the fine stem (the bundled model's MobileNetV2 networks since 2026-12-07: 448 px), also as an ensemble's first
+    MobileNetV2 beside a larger member."""
+    import onnx
+    import torch
+
+    from trainer.ensemble import merge_onnx
+    from trainer.imagenet import DEFAULT_WEIGHTS, export, start_geometry
+
+    assert start_geometry(None) == start_geometry(DEFAULT_WEIGHTS) == (224, False)
+    assert start_geometry(BUNDLED) == (448, True)
+    torch.save(_trained_looking_network(6).state_dict(), tmp_path / "plain.pt")
+    export(tmp_path / "plain.pt", tmp_path / "plain")
+    torch.save(_trained_looking_network(7, fine_stem=True).state_dict(), tmp_path / "fine.pt")
+    export(tmp_path / "fine.pt", tmp_path / "fine", imgsz=128, fine_stem=True)
+    assert start_geometry(tmp_path / "plain" / "blurflag.onnx") == (224, False)
+    assert start_geometry(tmp_path / "fine.pt") == (448, True)
+    assert start_geometry(tmp_path / "fine" / "blurflag.onnx") == (128, True)
+    merged = merge_onnx([tmp_path / "fine" / "blurflag.onnx", tmp_path / "plain" / "blurflag.onnx"])
+    onnx.save(merged, str(tmp_path / "both.onnx"))  # a 224-px graph: its fine member is resized to 128 inside
+    assert start_geometry(tmp_path / "both.onnx") == (128, True)
+
+
+def test_run_continues_a_fine_stem_network_at_its_own_size(tmp_path: Path) -> None:
+    """`blurflag-train run --network mobilenetv2 --weights` a fine-stem export (as the trainer tab sends it, without
+    --imgsz): prepared, trained and exported at the start's size with its stem; another size is refused."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from engine.model import load_classifier
+    from trainer.imagenet import export, is_fine, onnx_start
+
+    repo = Path(__file__).resolve().parents[2]
+    torch.save(_trained_looking_network(8, fine_stem=True).state_dict(), tmp_path / "fine.pt")
+    export(tmp_path / "fine.pt", tmp_path / "start", imgsz=128, fine_stem=True)
+    src = write_class_folders(tmp_path / "src", per_class=6)
+    base = [sys.executable, "-m", "trainer.cli", "run", str(src), "--work", str(tmp_path / "w"), "--model-out",
+            str(tmp_path / "m"), "--batch", "8", "--workers", "1", "--threads", "1", "--network", "mobilenetv2",
+            "--weights", str(tmp_path / "start" / "blurflag.onnx"), "--epochs", "1"]
+    refused = subprocess.run([*base, "--imgsz", "224"], capture_output=True, text=True, cwd=repo, timeout=300,
+                             check=False)
+    assert refused.returncode == 1 and "trains at --imgsz 128" in refused.stdout + refused.stderr
+    assert not (tmp_path / "w").exists()
+    proc = subprocess.run(base, capture_output=True, text=True, cwd=repo, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "128 px with a fine stem" in proc.stdout
+    assert json.loads((tmp_path / "w" / "dataset" / "dataset.json").read_text())["imgsz"] == 128
+    spec = load_classifier(tmp_path / "m").spec
+    assert (spec.size, spec.draft_factor) == (128, 1.5)
+    assert is_fine(onnx_start(tmp_path / "m" / "blurflag.onnx", log=lambda _m: None)["features.0.0.weight"])
+
+
 def test_continuing_from_an_onnx_mobilenetv2_keeps_its_batch_norm_statistics(dataset: Path, tmp_path: Path) -> None:
     """From an ONNX start the batch norms stay in evaluation mode: their statistics (folded into the export) are kept,
     while the weights learn; a state-dict start trains them as usual."""

@@ -373,7 +373,7 @@ def test_evaluate_whole_frame_reports_the_network_without_the_quadrant_check(tmp
     folder = shared / "kwentar" / "real_triplets"
     folder.mkdir(parents=True)
     for suffix in ("S", "F", "M"):
-        scene(0, (600, 400)).save(folder / f"2_CAM_{suffix}.jpg", quality=95)  # a smooth scene: the quadrants are looked at
+        scene(1, (600, 400)).save(folder / f"2_CAM_{suffix}.jpg", quality=95)  # a smooth scene: the quadrants are looked at
     models = Path(__file__).resolve().parents[2] / "models"
     reports = {}
     for name, extra in (("checked", []), ("whole", ["--whole-frame"])):
