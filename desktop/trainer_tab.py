@@ -463,6 +463,8 @@ class TrainerTab(QWidget):
         )
         self.epochs_spin = _spin(1, 500, self._settings.get(S.TRAIN_EPOCHS))
         self.imgsz_spin = _spin(32, 640, self._settings.get(S.TRAIN_IMGSZ), step=32)
+        self._own_imgsz = self.imgsz_spin.value()  # the user's size, for a network of any size (a fixed one shows its)
+        self.imgsz_spin.valueChanged.connect(self._remember_own_imgsz)
         self.batch_spin = _spin(1, 256, self._settings.get(S.TRAIN_BATCH))
         self.synth_spin = _spin(0, 5000, self._settings.get(S.TRAIN_SYNTH), step=10)
         self.synth_spin.setToolTip("Synthesise this many examples of each blur type from your sharp photos")
@@ -579,12 +581,16 @@ class TrainerTab(QWidget):
             self.epochs_spin.setValue(NETWORKS[new][2])
         self._fit_form_to_network()
 
+    def _remember_own_imgsz(self, value: int) -> None:
+        if self.imgsz_spin.isEnabled():
+            self._own_imgsz = value
+
     def _fit_form_to_network(self) -> None:
         size = NETWORKS[self.network_combo.currentData()][1]
+        self.imgsz_spin.setEnabled(size is None)
         if size is not None:
             size = start_size(self.weights_edit.text().strip()) or size
-            self.imgsz_spin.setValue(size)
-        self.imgsz_spin.setEnabled(size is None)
+        self.imgsz_spin.setValue(self._own_imgsz if size is None else size)
         self.imgsz_spin.setToolTip(
             f"This network trains at its start's input size: {size} px (224 px from ImageNet weights, a BlurFlag "
             "model's own size from the model)" if size is not None else ""
@@ -668,7 +674,7 @@ class TrainerTab(QWidget):
         s = self._settings
         s.set(S.TRAIN_SOURCE, self.source_edit.text().strip())
         s.set(S.TRAIN_EPOCHS, self.epochs_spin.value())
-        s.set(S.TRAIN_IMGSZ, self.imgsz_spin.value())
+        s.set(S.TRAIN_IMGSZ, self._own_imgsz)
         s.set(S.TRAIN_BATCH, self.batch_spin.value())
         s.set(S.TRAIN_SYNTH, self.synth_spin.value())
         s.set(S.TRAIN_OVERRIDES, self.overrides_box.isChecked())

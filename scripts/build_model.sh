@@ -6,8 +6,9 @@
 # images of four synthesis draws of the same split (IMAGENET_DRAWS=4: the recipe's two datasets, stage 1: the recipe's
 # split and synthesis; stage 2: a fresh draw, synthesis seed 1, more sharp examples and more motion; and two more
 # made the same way with synthesis seeds 2 and 3; until then 6 epochs on the first two), each the best epoch by stage
-# 2's validation top-1, and the textured YOLOv8n-cls chain below (the network a user's retraining from the bundled
-# model continues from).
+# 2's validation top-1, since 2026-12-07 with the fine stem at 448 px (IMAGENET_FINE, below), and the textured
+# YOLOv8n-cls chain below (the network a user's YOLOv8n-cls retraining from the bundled model continues from); the
+# merge weights `sharp` by SHARP_PRIOR (3 since 2026-12-07, below).
 # From 2026-12-05 evening to 2026-12-06 (CHAINS="textured:0 distilled:0") they were two YOLOv8n-cls chains of two
 # stages each, on the same two datasets:
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
@@ -135,8 +136,8 @@ done
 IMAGENET_DRAWS=${IMAGENET_DRAWS:-4}
 [[ "$IMAGENET_DRAWS" =~ ^[24]$ ]] || { echo "IMAGENET_DRAWS is 2 or 4, not '$IMAGENET_DRAWS'" >&2; exit 2; }
 IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
-# IMAGENET_IMGSZ (default 448 with IMAGENET_FINE=1, else 224): the MobileNetV2 fine-tunings' input size (`blurflag-train imagenet --imgsz`); another
-# size trains them on datasets of their own, the same synthesis draws prepared at that size (WORK/ship-320,
+# IMAGENET_IMGSZ (default 448 with IMAGENET_FINE=1, else 224): the MobileNetV2 fine-tunings' input size
+# (`blurflag-train imagenet --imgsz`); a size other than 224 trains them on datasets of their own, the same synthesis draws prepared at that size (WORK/ship-320,
 # ship2-320, ship3-320, ship4-320 for 320), and the merged graph takes the largest size, resizing inside for the
 # textured network (224). 320 was measured on the night of 2026-12-06 (MODEL_CARD.md, "A MobileNetV2 at 320 px on four
 # draws").

@@ -47,6 +47,7 @@ def test_the_network_choice_fits_the_form_and_is_remembered(qtbot, settings: S.S
     assert tab.epochs_spin.value() == 6 and "ImageNet" in tab.weights_edit.placeholderText()
     tab.network_combo.setCurrentIndex(tab.network_combo.findData("yolov8n-cls"))
     assert tab.imgsz_spin.isEnabled() and tab.epochs_spin.value() == 20
+    assert tab.imgsz_spin.value() == 96  # the user's own size comes back, not the other network's
     tab.network_combo.setCurrentIndex(tab.network_combo.findData("mobilenetv2"))
     tab.epochs_spin.setValue(9)  # the user's own choice stays through a switch
     tab.network_combo.setCurrentIndex(tab.network_combo.findData("yolov8n-cls"))
@@ -58,6 +59,8 @@ def test_the_network_choice_fits_the_form_and_is_remembered(qtbot, settings: S.S
     again = TrainerTab(settings, overrides=dict, availability=lambda: (True, "ok"))
     qtbot.addWidget(again)
     assert again.network_combo.currentData() == "mobilenetv2" and not again.imgsz_spin.isEnabled()
+    again.network_combo.setCurrentIndex(again.network_combo.findData("yolov8n-cls"))
+    assert again.imgsz_spin.value() == 96  # remembered, though MobileNetV2's 224 was on show when the run started
 
 
 def test_unavailable_trainer_says_how_to_enable(qtbot, settings: S.Settings) -> None:
