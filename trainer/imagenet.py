@@ -219,8 +219,8 @@ def start_geometry(weights: Path | None) -> tuple[int, bool]:
     shape = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
     try:
         size = input_size(metadata, shape)
-    except ModelLoadError:
-        size = 2 * IMGSZ if fine else IMGSZ
+    except ModelLoadError as exc:  # every export records its size; a graph without one is not BlurFlag's
+        raise ValueError(f"{weights}: {exc}") from None
     _check_imgsz(size, fine)
     return size, fine
 

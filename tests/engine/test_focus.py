@@ -78,8 +78,6 @@ def test_overlay_peaks_the_sharp_half_and_dims_the_soft_half() -> None:
     )
 
 
-
-
 @pytest.mark.parametrize("max_side", [0, -5])
 def test_degenerate_max_side_is_clamped(max_side: int) -> None:
     assert focus_map(texture(50, 40), max_side=max_side).shape == (1, 1)
