@@ -135,6 +135,8 @@ done
 # twice the distinct examples with 4 (MODEL_CARD.md, "Four synthesis draws").
 IMAGENET_DRAWS=${IMAGENET_DRAWS:-4}
 [[ "$IMAGENET_DRAWS" =~ ^[24]$ ]] || { echo "IMAGENET_DRAWS is 2 or 4, not '$IMAGENET_DRAWS'" >&2; exit 2; }
+# IMAGENET_EPOCHS=5 with four draws was measured on 2026-12-07 (MODEL_CARD.md, "Five epochs"): more blur found on fresh
+# draws, but a held-out race photo and more outside photos flagged; not the default.
 IMAGENET_EPOCHS=${IMAGENET_EPOCHS:-$((12 / IMAGENET_DRAWS))}
 # IMAGENET_IMGSZ (default 448 with IMAGENET_FINE=1, else 224): the MobileNetV2 fine-tunings' input size
 # (`blurflag-train imagenet --imgsz`); a size other than 224 trains them on datasets of their own, the same synthesis draws prepared at that size (WORK/ship-320,
