@@ -146,8 +146,9 @@ def load_start(net: Any, weights: Path) -> None:
 
 
 def is_fine(first_kernel: Any) -> bool:
-    """Whether a first convolution's weights (a tensor or an array) are a fine stem's: 6 x 6 rather than 3 x 3."""
-    return tuple(first_kernel.shape[2:]) == (6, 6)
+    """Whether a first convolution's weights (a tensor or an array; None: no convolution) are a fine stem's: 6 x 6
+    rather than 3 x 3."""
+    return first_kernel is not None and tuple(first_kernel.shape[2:]) == (6, 6)
 
 
 def is_mobilenetv2(proto: Any) -> bool:
@@ -206,15 +207,13 @@ def start_geometry(weights: Path | None) -> tuple[int, bool]:
         import torch
 
         state = torch.load(Path(weights or DEFAULT_WEIGHTS), map_location="cpu", weights_only=True)
-        kernel = state.get("features.0.0.weight") if isinstance(state, dict) else None
-        fine = kernel is not None and is_fine(kernel)
+        fine = is_fine(state.get("features.0.0.weight") if isinstance(state, dict) else None)
         return (2 * IMGSZ if fine else IMGSZ), fine
     from engine.errors import ModelLoadError
     from engine.model import input_size
 
     proto = _mobilenet_proto(Path(weights), log=lambda _message: None)
-    kernel = _first_kernel(proto)
-    fine = kernel is not None and is_fine(kernel)
+    fine = is_fine(_first_kernel(proto))
     metadata = {p.key: p.value for p in proto.metadata_props}
     shape = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
     try:
@@ -243,8 +242,7 @@ def onnx_start(source: Path, log: LogFn = print) -> dict[str, Any]:
     if _onnx_class_names(proto) != names:
         raise ValueError(f"{source}: its classes {_onnx_class_names(proto)} are not BlurFlag's {names}")
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    first = _first_kernel(proto)
-    fine = first is not None and is_fine(first)
+    fine = is_fine(_first_kernel(proto))
     net = build_network(len(names), fine_stem=fine)
     convs = [m for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)]
     norms = [m for m in net.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
