@@ -2,9 +2,10 @@
 
 Segmentation uses MediaPipe 0.10.14's legacy solutions, whose models ship inside the wheel (nothing is
 downloaded): pose segmentation (one person, the most prominent) first, then selfie segmentation (all
-people; the largest connected component is kept). MediaPipe 0.10.14 needs protobuf<5, which conflicts
-with onnx (protobuf>=6) in the training environment, so it lives in a separate virtual environment and
-this module runs there as a script to cache masks as PNG:
+people; the largest connected component is kept), which replaces the pose person when it finds a clearly
+larger runner: the nearest runner is the subject. MediaPipe 0.10.14 needs protobuf<5, which conflicts with
+onnx (protobuf>=6) in the training environment, so it lives in a separate virtual environment and this
+module runs there as a script to cache masks as PNG:
 
     python3 -m venv /tmp/mpvenv
     /tmp/mpvenv/bin/pip install --no-deps mediapipe==0.10.14
@@ -58,6 +59,14 @@ MIN_PERSON_FRACTION = 0.005
 #: crowd at the same distance) would teach labels that nobody could see.
 MIN_SUBJECT_FRACTION = 0.02
 MIN_SUBJECT_HEIGHT = 0.3
+#: A separate selfie-segmentation region this many times the pose person's area and height is a runner nearer than
+#: the one the pose model followed (area falls with the square of distance); wider than NEARER_MAX_ASPECT times its
+#: height or covering more than NEARER_MAX_FRACTION of the frame, it is a merged crowd instead. Set by looking at the
+#: 45 race photos where the plain area rule changed the subject (MODEL_CARD.md, "The nearest runner").
+NEARER_AREA_RATIO = 1.5
+NEARER_HEIGHT_RATIO = 1.2
+NEARER_MAX_ASPECT = 1.25
+NEARER_MAX_FRACTION = 0.35
 
 _mp_lock = threading.Lock()
 _mp_state: dict[str, Any] = {}
@@ -166,7 +175,9 @@ def _combine_masks(pose: np.ndarray | None, selfie: np.ndarray | None) -> np.nda
 
     Pose segmentation follows one person well but drops limbs its landmarks miss (a raised, waving
     hand); the selfie model finds them but merges neighbours. Selfie pixels within a short reach of
-    the pose person are added; without a pose person, the selfie mask is used alone.
+    the pose person are added; without a pose person, the selfie mask is used alone. The pose model
+    may follow a runner behind the main one (already soft in the depth of field): when the selfie
+    model finds a separate runner clearly nearer (`_nearer_runner`), that runner is returned instead.
     """
     sm = None if selfie is None else np.asarray(selfie, dtype=np.float32)
     if pose is None or float((np.asarray(pose) > 0.5).mean()) < MIN_PERSON_FRACTION:
@@ -179,7 +190,43 @@ def _combine_masks(pose: np.ndarray | None, selfie: np.ndarray | None) -> np.nda
         (pm > 0.5).astype(np.uint8),
         cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)),
     )
-    return np.maximum(pm, np.where(near > 0, sm, 0.0)).astype(np.float32)
+    combined = np.maximum(pm, np.where(near > 0, sm, 0.0)).astype(np.float32)
+    nearer = _nearer_runner(sm, near > 0, combined >= 0.5)
+    return combined if nearer is None else nearer
+
+
+def _nearer_runner(selfie: np.ndarray, reach: np.ndarray, person: np.ndarray) -> np.ndarray | None:
+    """The selfie mask of a separate runner nearer than `person` (bool, the pose person), or None.
+
+    Separate: at most a fifth of the region lies within `reach` of the pose person. Nearer: at least
+    NEARER_AREA_RATIO times its area and NEARER_HEIGHT_RATIO times its height. The selfie model merges
+    people standing close together, so a region wider than NEARER_MAX_ASPECT times its height, or
+    covering more than NEARER_MAX_FRACTION of the frame, is a crowd (or background taken for one), not a
+    runner, and is not used.
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((selfie >= 0.5).astype(np.uint8), connectivity=8)
+    rows = np.nonzero(person.any(axis=1))[0]
+    if count <= 1 or rows.size == 0:
+        return None
+    height = float(rows[-1] - rows[0] + 1)
+    area = float(person.sum())
+    best, best_area = 0, 0.0
+    for i in range(1, count):
+        a = float(stats[i, cv2.CC_STAT_AREA])
+        h = float(stats[i, cv2.CC_STAT_HEIGHT])
+        if (
+            a > best_area
+            and a >= NEARER_AREA_RATIO * area
+            and h >= NEARER_HEIGHT_RATIO * height
+            and stats[i, cv2.CC_STAT_WIDTH] <= NEARER_MAX_ASPECT * h
+            and a <= NEARER_MAX_FRACTION * selfie.size
+            and float(reach[labels == i].sum()) <= 0.2 * a
+        ):
+            best, best_area = i, a
+    if best == 0:
+        return None
+    # the other regions go; soft edge values (< 0.5, label 0) stay for largest_component's ring
+    return np.where((labels == best) | (labels == 0), selfie, 0.0).astype(np.float32)
 
 
 def is_subject(mask: np.ndarray) -> bool:

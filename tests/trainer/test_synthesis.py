@@ -449,6 +449,29 @@ def test_selfie_segmentation_completes_the_pose_person_nearby_only() -> None:
     assert masks._combine_masks(None, None) is None
 
 
+def test_a_clearly_nearer_selfie_runner_replaces_the_pose_person_behind() -> None:
+    pose = np.zeros((600, 600), np.float32)
+    pose[200:400, 60:120] = 1.0  # the pose model followed a runner behind (200 px tall, 12,000 px)
+    selfie = pose.copy()
+    selfie[100:590, 300:460] = 1.0  # the nearest runner (490 px tall, 78,400 px), separate
+    selfie[99, 300:460] = 0.3  # its soft edge
+    out = masks._combine_masks(pose, selfie)
+    assert out is not None and out[300, 90] == 0.0 and out[300, 380] == 1.0
+    person = masks.largest_component(out)
+    assert person is not None and person[300, 380] == 1.0 and person[300, 90] == 0.0
+    assert person[99, 380] == pytest.approx(0.3)
+    # not clearly larger (16,800 px < 1.5 x 12,000): the pose person stays
+    selfie[99:590, 300:460] = 0.0
+    selfie[200:440, 300:370] = 1.0
+    kept = masks._combine_masks(pose, selfie)
+    assert kept is not None and kept[300, 90] == 1.0 and kept[300, 330] == 0.0
+    # larger but no taller, wider than tall: a merged group at the same distance, not a nearer runner
+    selfie[200:440, 300:370] = 0.0
+    selfie[190:410, 250:560] = 1.0
+    group = masks._combine_masks(pose, selfie)
+    assert group is not None and group[300, 90] == 1.0 and group[300, 400] == 0.0
+
+
 def test_person_mask_uses_cache_and_resizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(masks, "_mp_state", {"ok": False})  # as without MediaPipe
     img = _texture(80, 120)
