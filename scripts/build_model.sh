@@ -192,10 +192,20 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ "$NEED_DIST" = 1 ] && [ -z "
 fi
 [ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
 
+# SUBJECT (default nearest): which runner of a race photo the subject kinds blur (trainer/masks.py `--subject`):
+# nearest, a separate runner clearly larger and taller than the one MediaPipe's pose model follows replaces it (since
+# 2026-12-07, MODEL_CARD.md "The nearest runner"); pose, the pose model's runner always (the masks of the models
+# shipped until then). Each has its own mask folder, so the datasets of a WORK made with the other want a fresh WORK.
+SUBJECT=${SUBJECT:-nearest}
+case "$SUBJECT" in
+  nearest) MASKS="$WORK/masks" ;;
+  pose) MASKS="$WORK/masks-pose" ;;
+  *) echo "SUBJECT is nearest or pose, not '$SUBJECT'" >&2; exit 2 ;;
+esac
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
 MPPY=$(bash scripts/mediapipe_venv.sh "$WORK/mediapipe-venv")
 mapfile -t PHOTOS < <(find "$SHARED/race" "$SHARED/race_misc" "$SHARED/bokeh" -iname '*.jpg' | sort)
-"$MPPY" trainer/masks.py --out "$WORK/masks" "${PHOTOS[@]}"
+"$MPPY" trainer/masks.py --out "$MASKS" --subject "$SUBJECT" "${PHOTOS[@]}"
 
 # 1b. PRETRAIN=1: dead-leaves pictures -> the shipped mix of synthesis -> YOLOv8n-cls from scratch; stage 1 starts
 #     from its weights (resumable like the rest: the corpus, the dataset and a finished run are kept).
@@ -218,7 +228,7 @@ prepare() {
   local name=$1 scale=$2 workers=$3
   shift 3
   [ -f "$WORK/$name/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$name" \
-    --model-out "$WORK/$name/model" --mask-dir "$WORK/masks" --scale "$scale" "$@" --train-floor visible \
+    --model-out "$WORK/$name/model" --mask-dir "$MASKS" --scale "$scale" "$@" --train-floor visible \
     --reframe "$REFRAME" --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" ${workers:+--workers "$workers"} --prepare-only
 }
 
@@ -230,7 +240,7 @@ stage1() {
   local resume=()
   [ -f "$WORK/ship/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" \
+    --mask-dir "$MASKS" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" \
     --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" \
     "${START_ARGS[@]}" "${DENSE_ARGS[@]}" "${resume[@]}" $(threads "$1")
 }
@@ -254,7 +264,7 @@ stage2() {
   local resume=()
   [ -f "$WORK/ship2/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
-    --mask-dir "$WORK/masks" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
+    --mask-dir "$MASKS" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
     "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" \
     "${resume[@]}" $(threads "$1")
 }
@@ -281,7 +291,7 @@ chain_stage1() {
   mkdir -p "$WORK/$1"
   ln -sfn ../ship/dataset "$WORK/$1/dataset"
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$1" --model-out "$WORK/$1/model" \
-    --mask-dir "$WORK/masks" --resume --weights "$2" --hours 0 --epochs 33 --train-floor visible $(seed_arg "${4:-}") \
+    --mask-dir "$MASKS" --resume --weights "$2" --hours 0 --epochs 33 --train-floor visible $(seed_arg "${4:-}") \
     $(threads "$3")
 }
 chain_stage2() {
@@ -289,7 +299,7 @@ chain_stage2() {
   mkdir -p "$WORK/$2"
   ln -sfn ../ship2/dataset "$WORK/$2/dataset"
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$2" --model-out "$WORK/$2/model" \
-    --mask-dir "$WORK/masks" --resume --weights "$WORK/$1/runs/train/weights/best.pt" --hours "$3" \
+    --mask-dir "$MASKS" --resume --weights "$WORK/$1/runs/train/weights/best.pt" --hours "$3" \
     --epochs "$4" "${STAGE2_MIX[@]}" --train-floor visible $(seed_arg "${6:-}") $(threads "$5")
 }
 deadleaves1() { chain_stage1 dl1 "$WORK/pretrain/pretrained.pt" "$1"; }

@@ -140,10 +140,12 @@ def _mediapipe() -> dict[str, Any] | None:
         return _mp_state
 
 
-def segment_person(image: np.ndarray) -> np.ndarray | None:
-    """Offline person mask (float32 0..1, HxW) of the most prominent person, or None.
+def segment_person(image: np.ndarray, nearest: bool = True) -> np.ndarray | None:
+    """Offline person mask (float32 0..1, HxW) of the nearest runner, or None.
 
     None when MediaPipe is unavailable, or nobody prominent enough to be the subject is found.
+    nearest=False keeps the pose model's person even when a nearer runner is found (the masks of
+    the models shipped until 2026-12-07; `_combine_masks`).
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -160,7 +162,7 @@ def segment_person(image: np.ndarray) -> np.ndarray | None:
     with _mp_lock:  # the solution graphs are not re-entrant
         pose = getattr(mp["pose"].process(small), "segmentation_mask", None)
         selfie = getattr(mp["selfie"].process(small), "segmentation_mask", None)
-    mask = _combine_masks(pose, selfie)
+    mask = _combine_masks(pose, selfie, nearest=nearest)
     if mask is None:
         return None
     m: np.ndarray = np.clip(mask, 0.0, 1.0)
@@ -170,14 +172,17 @@ def segment_person(image: np.ndarray) -> np.ndarray | None:
     return person if person is not None and is_subject(person) else None
 
 
-def _combine_masks(pose: np.ndarray | None, selfie: np.ndarray | None) -> np.ndarray | None:
+def _combine_masks(
+    pose: np.ndarray | None, selfie: np.ndarray | None, nearest: bool = True
+) -> np.ndarray | None:
     """Pose segmentation (one person, clean edges) completed by selfie segmentation near it.
 
     Pose segmentation follows one person well but drops limbs its landmarks miss (a raised, waving
     hand); the selfie model finds them but merges neighbours. Selfie pixels within a short reach of
     the pose person are added; without a pose person, the selfie mask is used alone. The pose model
     may follow a runner behind the main one (already soft in the depth of field): when the selfie
-    model finds a separate runner clearly nearer (`_nearer_runner`), that runner is returned instead.
+    model finds a separate runner clearly nearer (`_nearer_runner`), that runner is returned instead
+    (unless `nearest` is False).
     """
     sm = None if selfie is None else np.asarray(selfie, dtype=np.float32)
     if pose is None or float((np.asarray(pose) > 0.5).mean()) < MIN_PERSON_FRACTION:
@@ -191,6 +196,8 @@ def _combine_masks(pose: np.ndarray | None, selfie: np.ndarray | None) -> np.nda
         cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)),
     )
     combined = np.maximum(pm, np.where(near > 0, sm, 0.0)).astype(np.float32)
+    if not nearest:
+        return combined
     nearer = _nearer_runner(sm, near > 0, combined >= 0.5)
     return combined if nearer is None else nearer
 
@@ -296,8 +303,12 @@ class MaskResult:
     error: str = ""
 
 
-def precompute_masks(image_paths: Iterable[Path], out_dir: Path, overwrite: bool = False) -> list[MaskResult]:
+def precompute_masks(
+    image_paths: Iterable[Path], out_dir: Path, overwrite: bool = False, nearest: bool = True
+) -> list[MaskResult]:
     """Segment each image and cache its person mask as an 8-bit PNG in `out_dir` (a work folder).
+
+    `nearest` as in `segment_person`; a cache holds one kind (use another folder for the other).
 
     A bad image or an image without a person is reported in its result; the rest go on.
 
@@ -324,7 +335,7 @@ def precompute_masks(image_paths: Iterable[Path], out_dir: Path, overwrite: bool
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             results.append(MaskResult(path, None, f"unreadable image: {exc}"))
             continue
-        mask = segment_person(rgb)
+        mask = segment_person(rgb, nearest=nearest)
         if mask is None:
             target.unlink(missing_ok=True)  # a stale mask from an earlier run (only with overwrite)
             results.append(MaskResult(path, None, "no prominent person found"))
@@ -342,9 +353,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument("--out", required=True, type=Path, help="mask cache folder (a work folder)")
     parser.add_argument("--overwrite", action="store_true", help="recompute masks already cached")
+    parser.add_argument(
+        "--subject",
+        choices=("nearest", "pose"),
+        default="nearest",
+        help="nearest: a clearly nearer runner than the pose model's person replaces it (default); pose: the pose "
+        "model's person always (the masks of the models shipped until 2026-12-07)",
+    )
     args = parser.parse_args(argv)
     try:
-        results = precompute_masks(args.images, args.out, overwrite=args.overwrite)
+        results = precompute_masks(
+            args.images, args.out, overwrite=args.overwrite, nearest=args.subject == "nearest"
+        )
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

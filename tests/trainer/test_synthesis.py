@@ -457,6 +457,8 @@ def test_a_clearly_nearer_selfie_runner_replaces_the_pose_person_behind() -> Non
     selfie[99, 300:460] = 0.3  # its soft edge
     out = masks._combine_masks(pose, selfie)
     assert out is not None and out[300, 90] == 0.0 and out[300, 380] == 1.0
+    pose_only = masks._combine_masks(pose, selfie, nearest=False)
+    assert pose_only is not None and pose_only[300, 90] == 1.0 and pose_only[300, 380] == 0.0
     person = masks.largest_component(out)
     assert person is not None and person[300, 380] == 1.0 and person[300, 90] == 0.0
     assert person[99, 380] == pytest.approx(0.3)
