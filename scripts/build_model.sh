@@ -192,15 +192,16 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ "$NEED_DIST" = 1 ] && [ -z "
 fi
 [ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
 
-# SUBJECT (default nearest): which runner of a race photo the subject kinds blur (trainer/masks.py `--subject`):
-# nearest, a separate runner clearly larger and taller than the one MediaPipe's pose model follows replaces it (since
-# 2026-12-07, MODEL_CARD.md "The nearest runner"); pose, the pose model's runner always (the masks of the models
-# shipped until then). Each has its own mask folder, so the datasets of a WORK made with the other want a fresh WORK.
-SUBJECT=${SUBJECT:-nearest}
+# SUBJECT (default pose): which runner of a race photo the subject kinds blur (trainer/masks.py `--subject`): pose,
+# the runner MediaPipe's pose model follows (the shipped recipe); nearest, a separate runner clearly larger and taller
+# than that one replaces it (a full rebuild measured on 2026-12-07: MODEL_CARD.md "The nearest runner as the subject",
+# not shipped). Each has its own mask folder (WORK/masks, WORK/masks-nearest), but the datasets keep their names: a
+# changed SUBJECT wants a fresh WORK.
+SUBJECT=${SUBJECT:-pose}
 case "$SUBJECT" in
-  nearest) MASKS="$WORK/masks" ;;
-  pose) MASKS="$WORK/masks-pose" ;;
-  *) echo "SUBJECT is nearest or pose, not '$SUBJECT'" >&2; exit 2 ;;
+  pose) MASKS="$WORK/masks" ;;
+  nearest) MASKS="$WORK/masks-nearest" ;;
+  *) echo "SUBJECT is pose or nearest, not '$SUBJECT'" >&2; exit 2 ;;
 esac
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
 MPPY=$(bash scripts/mediapipe_venv.sh "$WORK/mediapipe-venv")

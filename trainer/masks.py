@@ -2,8 +2,8 @@
 
 Segmentation uses MediaPipe 0.10.14's legacy solutions, whose models ship inside the wheel (nothing is
 downloaded): pose segmentation (one person, the most prominent) first, then selfie segmentation (all
-people; the largest connected component is kept), which replaces the pose person when it finds a clearly
-larger runner: the nearest runner is the subject. MediaPipe 0.10.14 needs protobuf<5, which conflicts with
+people; the largest connected component is kept); with `nearest`, a clearly larger and taller separate
+selfie region (a runner nearer than the pose person) replaces it. MediaPipe 0.10.14 needs protobuf<5, which conflicts with
 onnx (protobuf>=6) in the training environment, so it lives in a separate virtual environment and this
 module runs there as a script to cache masks as PNG:
 
@@ -61,8 +61,9 @@ MIN_SUBJECT_FRACTION = 0.02
 MIN_SUBJECT_HEIGHT = 0.3
 #: A separate selfie-segmentation region this many times the pose person's area and height is a runner nearer than
 #: the one the pose model followed (area falls with the square of distance); wider than NEARER_MAX_ASPECT times its
-#: height or covering more than NEARER_MAX_FRACTION of the frame, it is a merged crowd instead. Set by looking at the
-#: 45 race photos where the plain area rule changed the subject (MODEL_CARD.md, "The nearest runner").
+#: height or covering more than NEARER_MAX_FRACTION of the frame, it is a merged crowd instead (only with
+#: `nearest`). Set by looking at the 45 race and bokeh photos where the area rule alone changed the subject
+#: (MODEL_CARD.md, "The nearest runner as the subject").
 NEARER_AREA_RATIO = 1.5
 NEARER_HEIGHT_RATIO = 1.2
 NEARER_MAX_ASPECT = 1.25
@@ -140,12 +141,12 @@ def _mediapipe() -> dict[str, Any] | None:
         return _mp_state
 
 
-def segment_person(image: np.ndarray, nearest: bool = True) -> np.ndarray | None:
-    """Offline person mask (float32 0..1, HxW) of the nearest runner, or None.
+def segment_person(image: np.ndarray, nearest: bool = False) -> np.ndarray | None:
+    """Offline person mask (float32 0..1, HxW) of the most prominent person, or None.
 
     None when MediaPipe is unavailable, or nobody prominent enough to be the subject is found.
-    nearest=False keeps the pose model's person even when a nearer runner is found (the masks of
-    the models shipped until 2026-12-07; `_combine_masks`).
+    nearest=True lets a clearly nearer runner replace the pose model's person (`_combine_masks`;
+    measured in MODEL_CARD.md, "The nearest runner as the subject", not the shipped recipe).
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -173,16 +174,16 @@ def segment_person(image: np.ndarray, nearest: bool = True) -> np.ndarray | None
 
 
 def _combine_masks(
-    pose: np.ndarray | None, selfie: np.ndarray | None, nearest: bool = True
+    pose: np.ndarray | None, selfie: np.ndarray | None, nearest: bool = False
 ) -> np.ndarray | None:
     """Pose segmentation (one person, clean edges) completed by selfie segmentation near it.
 
     Pose segmentation follows one person well but drops limbs its landmarks miss (a raised, waving
     hand); the selfie model finds them but merges neighbours. Selfie pixels within a short reach of
     the pose person are added; without a pose person, the selfie mask is used alone. The pose model
-    may follow a runner behind the main one (already soft in the depth of field): when the selfie
-    model finds a separate runner clearly nearer (`_nearer_runner`), that runner is returned instead
-    (unless `nearest` is False).
+    may follow a runner behind the main one (already soft in the depth of field): with `nearest`,
+    when the selfie model finds a separate runner clearly nearer (`_nearer_runner`), that runner is
+    returned instead.
     """
     sm = None if selfie is None else np.asarray(selfie, dtype=np.float32)
     if pose is None or float((np.asarray(pose) > 0.5).mean()) < MIN_PERSON_FRACTION:
@@ -304,7 +305,7 @@ class MaskResult:
 
 
 def precompute_masks(
-    image_paths: Iterable[Path], out_dir: Path, overwrite: bool = False, nearest: bool = True
+    image_paths: Iterable[Path], out_dir: Path, overwrite: bool = False, nearest: bool = False
 ) -> list[MaskResult]:
     """Segment each image and cache its person mask as an 8-bit PNG in `out_dir` (a work folder).
 
@@ -356,9 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--subject",
         choices=("nearest", "pose"),
-        default="nearest",
-        help="nearest: a clearly nearer runner than the pose model's person replaces it (default); pose: the pose "
-        "model's person always (the masks of the models shipped until 2026-12-07)",
+        default="pose",
+        help="pose: the pose model's person, completed by selfie segmentation near it (default, the shipped "
+        "recipe); nearest: a separate selfie region clearly larger and taller replaces it (measured, not shipped)",
     )
     args = parser.parse_args(argv)
     try:

@@ -455,9 +455,9 @@ def test_a_clearly_nearer_selfie_runner_replaces_the_pose_person_behind() -> Non
     selfie = pose.copy()
     selfie[100:590, 300:460] = 1.0  # the nearest runner (490 px tall, 78,400 px), separate
     selfie[99, 300:460] = 0.3  # its soft edge
-    out = masks._combine_masks(pose, selfie)
+    out = masks._combine_masks(pose, selfie, nearest=True)
     assert out is not None and out[300, 90] == 0.0 and out[300, 380] == 1.0
-    pose_only = masks._combine_masks(pose, selfie, nearest=False)
+    pose_only = masks._combine_masks(pose, selfie)  # the default: the pose model's person (the shipped recipe)
     assert pose_only is not None and pose_only[300, 90] == 1.0 and pose_only[300, 380] == 0.0
     person = masks.largest_component(out)
     assert person is not None and person[300, 380] == 1.0 and person[300, 90] == 0.0
@@ -465,12 +465,12 @@ def test_a_clearly_nearer_selfie_runner_replaces_the_pose_person_behind() -> Non
     # not clearly larger (16,800 px < 1.5 x 12,000): the pose person stays
     selfie[99:590, 300:460] = 0.0
     selfie[200:440, 300:370] = 1.0
-    kept = masks._combine_masks(pose, selfie)
+    kept = masks._combine_masks(pose, selfie, nearest=True)
     assert kept is not None and kept[300, 90] == 1.0 and kept[300, 330] == 0.0
     # larger but no taller, wider than tall: a merged group at the same distance, not a nearer runner
     selfie[200:440, 300:370] = 0.0
     selfie[190:410, 250:560] = 1.0
-    group = masks._combine_masks(pose, selfie)
+    group = masks._combine_masks(pose, selfie, nearest=True)
     assert group is not None and group[300, 90] == 1.0 and group[300, 400] == 0.0
 
 
