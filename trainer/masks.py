@@ -2,10 +2,10 @@
 
 Segmentation uses MediaPipe 0.10.14's legacy solutions, whose models ship inside the wheel (nothing is
 downloaded): pose segmentation (one person, the most prominent) first, then selfie segmentation (all
-people; the largest connected component is kept); with `nearest`, a clearly larger and taller separate
-selfie region (a runner nearer than the pose person) replaces it. MediaPipe 0.10.14 needs protobuf<5, which conflicts with
-onnx (protobuf>=6) in the training environment, so it lives in a separate virtual environment and this
-module runs there as a script to cache masks as PNG:
+people; the largest connected component is kept); with `nearest`, a clearly larger and taller
+separate selfie region (a runner nearer than the pose person) replaces it. MediaPipe 0.10.14 needs
+protobuf<5, which conflicts with onnx (protobuf>=6) in the training environment, so it lives in a
+separate virtual environment and this module runs there as a script to cache masks as PNG:
 
     python3 -m venv /tmp/mpvenv
     /tmp/mpvenv/bin/pip install --no-deps mediapipe==0.10.14
