@@ -218,6 +218,7 @@ def _nearer_runner(selfie: np.ndarray, reach: np.ndarray, person: np.ndarray) ->
         return None
     height = float(rows[-1] - rows[0] + 1)
     area = float(person.sum())
+    in_reach = np.bincount(labels[reach], minlength=count)  # each region's pixels within reach, in one pass
     best, best_area = 0, 0.0
     for i in range(1, count):
         a = float(stats[i, cv2.CC_STAT_AREA])
@@ -228,7 +229,7 @@ def _nearer_runner(selfie: np.ndarray, reach: np.ndarray, person: np.ndarray) ->
             and h >= NEARER_HEIGHT_RATIO * height
             and stats[i, cv2.CC_STAT_WIDTH] <= NEARER_MAX_ASPECT * h
             and a <= NEARER_MAX_FRACTION * selfie.size
-            and float(reach[labels == i].sum()) <= 0.2 * a
+            and in_reach[i] <= 0.2 * a
         ):
             best, best_area = i, a
     if best == 0:
