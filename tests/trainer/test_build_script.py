@@ -15,9 +15,10 @@ HAS_TRAIN = all(importlib.util.find_spec(m) for m in ("torch", "ultralytics"))
 pytestmark = pytest.mark.skipif(not HAS_TRAIN, reason="needs the train extra (CI installs it)")
 REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
-_KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY", "SUBJECT_BG",
-          "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES", "CHAINS", "IMAGENET_DRAWS",
-          "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR", "IMAGENET_IMGSZ", "SHARPEN", "IMAGENET_FINE")
+_KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY",
+          "SUBJECT_BG", "SUBJECT", "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES",
+          "CHAINS", "IMAGENET_DRAWS", "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR", "PORTRAIT_PRIOR",
+          "IMAGENET_IMGSZ", "SHARPEN", "IMAGENET_FINE")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -37,11 +38,13 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "3", "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "1"}
+                       "SHARPEN": "0", "SHARP_PRIOR": "3", "PORTRAIT_PRIOR": "1.5",
+                       "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "3", "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "0"}
+                       "SHARPEN": "0", "SHARP_PRIOR": "3", "PORTRAIT_PRIOR": "1.5",
+                       "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "0"}
 
 
 def test_overrides_win_over_the_cpu_default(tmp_path: Path) -> None:
@@ -375,21 +378,26 @@ def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: P
                                                                                        "class_names.json"]
 
 
-def test_sharp_prior_changes_only_the_merge(tmp_path: Path) -> None:
-    """SHARP_PRIOR=W weights `sharp` in the merged graph (default 3, the bundled model's since 2026-12-07); every
-    network stays as it was, and a rerun with another prior makes only the merge again."""
+@pytest.mark.parametrize(("knob", "name", "default", "other"), [("SHARP_PRIOR", "sharp", "3", "2.5"),
+                                                              ("PORTRAIT_PRIOR", "defocused_object_portrait", "1.5", "2")])
+def test_a_class_prior_changes_only_the_merge(tmp_path: Path, knob: str, name: str, default: str, other: str) -> None:
+    """SHARP_PRIOR=W / PORTRAIT_PRIOR=W weight `sharp` / `defocused_object_portrait` in the merged graph (defaults 3
+    and 1.5, the bundled model's since 2026-12-07); every network stays as it was, and a rerun with another prior makes
+    only the merge again."""
     w = str(tmp_path / "work")
     first = _run_with_stubs(tmp_path, bf16="1")
-    again = _run_with_stubs(tmp_path, bf16="1", SHARP_PRIOR="2.5")
+    merge = next(c for c in first if c.startswith("ensemble "))
+    assert " --prior sharp=3 --prior defocused_object_portrait=1.5 " in merge
+    again = _run_with_stubs(tmp_path, bf16="1", **{knob: other})
     assert [c for c in again if " --prior " in c] == [
-        c.replace("--prior sharp=3", "--prior sharp=2.5") for c in first if " --prior " in c]
+        c.replace(f"--prior {name}={default} ", f"--prior {name}={other} ") for c in first if " --prior " in c]
     assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
     assert f"{w}/final/model" in again[0]
-    assert _schedule(tmp_path / "s")["SHARP_PRIOR"] == "3"   # the schedule line logs it
+    assert _schedule(tmp_path / "s")[knob] == default   # the schedule line logs it
     for bad in ("0", "0.0", "-1", "x", "2,5"):
         with pytest.raises(subprocess.CalledProcessError) as err:
-            _run_with_stubs(tmp_path / "bad", bf16="1", SHARP_PRIOR=bad)
-        assert "SHARP_PRIOR" in err.value.stderr and not (tmp_path / "bad" / "calls.log").exists()
+            _run_with_stubs(tmp_path / "bad", bf16="1", **{knob: bad})
+        assert knob in err.value.stderr and not (tmp_path / "bad" / "calls.log").exists()
 
 
 @pytest.mark.parametrize("chains", ["textured", "sharp:0", "distilled:x", " ", "textured:0,", "distilled:,1",
@@ -460,3 +468,15 @@ def test_dataset_knobs_reach_every_dataset_the_recipe_makes(tmp_path: Path, knob
         assert len(makers) == 2, calls   # the stage-1 and the stage-2 dataset
         for c in makers:
             assert f" {option} {value} " in c + " ", c
+
+
+def test_subject_picks_the_mask_folder_and_a_wrong_one_is_refused_before_anything(tmp_path: Path) -> None:
+    for subject, folder in (("", "masks"), ("nearest", "masks-nearest")):
+        calls = _run_with_stubs(tmp_path / (subject or "default"), bf16="1", **({"SUBJECT": subject} if subject else {}))
+        makers = [c for c in calls if c.startswith("shipped ") and "--prepare-only" in c.split()]
+        assert makers and all(f" --mask-dir {tmp_path / (subject or 'default')}/work/{folder} " in c for c in makers)
+    env = {k: v for k, v in os.environ.items() if k not in _KNOBS}
+    env.update(SCHEDULE_ONLY="1", SUBJECT="closest")   # even a schedule-only run checks it
+    proc = subprocess.run(["bash", "scripts/build_model.sh", str(tmp_path), str(tmp_path / "work")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "SUBJECT is pose or nearest, not 'closest'" in proc.stderr
