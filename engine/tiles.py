@@ -13,6 +13,12 @@ instead of 413 of 485 on validation and 123 instead of 119 of 139 on test, with 
 179, 5 of 222, no held-out race photo); on a second synthesis of the validation photos 357 instead of 350 of 412,
 again with the same sharp images flagged (without the centre view, one more: a panning shot).
 
+One more piece of evidence since 2026-12-07: the centre view may overrule a `sharp` verdict with `motion_blurred`
+(`overrule_gate`), for a runner's own smear, which the quadrants cut apart and the whole frame sees too small. With
+the geometric-mean model, on the held-out images of two fresh synthesis draws: the same 1 of 802 sharp images
+flagged, 1,352 instead of 1,340 of 1,457 visible blurs found (models/MODEL_CARD.md, "The centre view overrules a
+sharp verdict").
+
 The views cost five more inferences and a second decode, so they are only looked at when the whole frame already
 gives a whole-frame blur some probability (`gate`): 2 % of the 350 shared race photos, and every image the whole
 frame calls defocused or motion-blurred. That second decode keeps each view's short side at least `min_tile_side` times the input size
@@ -32,6 +38,9 @@ from engine.preprocess import InputSpec, exposed, finish_view
 #: The classes a quadrant view may raise: blur that covers the whole frame.
 WHOLE_FRAME_BLURS: tuple[str, ...] = ("defocused_blurred", "motion_blurred")
 
+#: The class the centre view may give a frame the whole frame calls sharp (`TileCheck.overrule_gate`).
+CENTRE_OVERRULE = "motion_blurred"
+
 
 @dataclass(frozen=True)
 class TileCheck:
@@ -43,11 +52,21 @@ class TileCheck:
         gate: the whole-frame probability of `defocused_blurred` or `motion_blurred` from which the tiles are
             looked at (chosen on validation: the cheapest gate that keeps what 0.05 finds, 424 visible blurs of 485
             against 425 with tiles everywhere; 0.2 finds 422).
+        overrule_gate: the whole-frame probability of `motion_blurred` from which the centre view may overrule a
+            `sharp` verdict (None: never). A runner's own smear or a shake that is a pixel or two wide at the input
+            size is twice as wide in the centre view, which holds the runner more often than not: where the whole
+            frame still says sharp but gives motion at least this and the centre view says `motion_blurred` at
+            `overrule_min` or more, the centre view's probabilities are the answer. Chosen on validation with the
+            geometric-mean model (models/MODEL_CARD.md, "The centre view overrules a sharp verdict"); it also
+            widens the gate, so the tiles are looked at from this much motion.
+        overrule_min: the centre view's `motion_blurred` probability that overrules a sharp verdict.
     """
 
     grid: int = 2
     gate: float = 0.1
     min_tile_side: float = 1.5
+    overrule_gate: float | None = 0.05
+    overrule_min: float = 0.9
 
     def __post_init__(self) -> None:
         if self.grid < 2:
@@ -56,6 +75,10 @@ class TileCheck:
             raise ValueError(f"gate must be a probability, got {self.gate}")
         if not self.min_tile_side >= 1.0:
             raise ValueError(f"min_tile_side must be at least 1, got {self.min_tile_side}")
+        if self.overrule_gate is not None and not 0.0 <= self.overrule_gate <= 1.0:
+            raise ValueError(f"overrule_gate must be a probability or None, got {self.overrule_gate}")
+        if not 0.5 < self.overrule_min <= 1.0:
+            raise ValueError(f"overrule_min must be above 0.5 (a view's top class) and at most 1, got {self.overrule_min}")
 
     def decode_spec(self, spec: InputSpec) -> InputSpec:
         """How a file is decoded for its tiles: JPEG draft scale down to tiles of `min_tile_side` x the input."""
@@ -64,8 +87,12 @@ class TileCheck:
 
     def describe(self) -> str:
         """The check as one line, to tell results made under another rule apart (engine.store)."""
-        return (f"quadrant check: {self.grid}x{self.grid} tiles and the centre, smallest probability of "
+        rule = (f"quadrant check: {self.grid}x{self.grid} tiles and the centre, smallest probability of "
                 f"{'/'.join(WHOLE_FRAME_BLURS)}, gate {self.gate:g}, tile side >= {self.min_tile_side:g} x input")
+        if self.overrule_gate is not None:
+            rule += (f"; the centre view's {CENTRE_OVERRULE} >= {self.overrule_min:g} overrules sharp from "
+                     f"{self.overrule_gate:g} of it in the whole frame")
+        return rule
 
     def applies(self, spec: InputSpec) -> bool:
         """Only for whole-frame (stretch) models: a centre-cropping model never sees the frame's edges."""
@@ -73,7 +100,9 @@ class TileCheck:
 
     def wanted(self, probs: np.ndarray, names: tuple[str, ...]) -> bool:
         """Whether the whole frame's probabilities call for a look at the tiles."""
-        return max(float(probs[names.index(c)]) for c in WHOLE_FRAME_BLURS) >= self.gate
+        if max(float(probs[names.index(c)]) for c in WHOLE_FRAME_BLURS) >= self.gate:
+            return True
+        return self.overrule_gate is not None and float(probs[names.index(CENTRE_OVERRULE)]) >= self.overrule_gate
 
     def boxes(self, size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
         """The tiles of a `size` (width, height) frame, row by row, then the centre view of a tile's size."""
@@ -95,9 +124,21 @@ class TileCheck:
         return np.stack([finish_view(crop, view, spec) for crop, view in zip(crops, views)])
 
     def fuse(self, whole: np.ndarray, tiles: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-        """The whole frame's probabilities, each whole-frame blur raised to its smallest probability over the tiles."""
+        """The whole frame's probabilities, each whole-frame blur raised to its smallest probability over the tiles.
+
+        `tiles` are the views in `boxes` order (the centre last). The blurs are raised only where the whole frame
+        passes `gate` (the tiles may have been looked at for the overrule alone). Where that leaves `sharp` on top,
+        the centre view may overrule it (`overrule_gate`): its own probabilities are then the answer.
+        """
         out = np.array(whole, dtype=np.float64)
-        for c in WHOLE_FRAME_BLURS:
-            k = names.index(c)
-            out[k] = max(out[k], float(np.min(tiles[:, k])))
-        return out / out.sum()
+        if max(float(whole[names.index(c)]) for c in WHOLE_FRAME_BLURS) >= self.gate:
+            for c in WHOLE_FRAME_BLURS:
+                k = names.index(c)
+                out[k] = max(out[k], float(np.min(tiles[:, k])))
+        out /= out.sum()
+        if self.overrule_gate is not None and "sharp" in names and names[int(np.argmax(out))] == "sharp":
+            k = names.index(CENTRE_OVERRULE)
+            centre = np.array(tiles[-1], dtype=np.float64)
+            if float(whole[k]) >= self.overrule_gate and centre[k] >= self.overrule_min:
+                return centre / centre.sum()
+        return out

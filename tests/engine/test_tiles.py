@@ -53,7 +53,7 @@ def test_one_sharp_view_keeps_the_whole_frame_answer() -> None:
 
 def test_fusion_never_lowers_and_never_raises_sharp_or_subject_blur() -> None:
     rng = np.random.default_rng(0)
-    check = TileCheck()
+    check = TileCheck(gate=0.0, overrule_gate=None)  # every frame past the gate; the overrule: the tests below
     for _ in range(200):
         whole = rng.dirichlet(np.ones(4))
         tiles = rng.dirichlet(np.ones(4), size=4)
@@ -74,8 +74,69 @@ def test_gate_looks_at_the_whole_frame_blurs_only(db: float, mb: float, wanted: 
     assert TileCheck(gate=0.05).wanted(probs, NAMES) is wanted
 
 
+@pytest.mark.parametrize(("db", "mb", "wanted"), [(0.09, 0.0, False), (0.09, 0.049, False), (0.0, 0.05, True),
+                                                  (0.1, 0.0, True)])
+def test_the_overrule_widens_the_gate_for_motion_only(db: float, mb: float, wanted: bool) -> None:
+    probs = np.array([db, 0.0, mb, 1.0 - db - mb])
+    assert TileCheck(gate=0.1, overrule_gate=0.05).wanted(probs, NAMES) is wanted
+    assert TileCheck(gate=0.1, overrule_gate=None).wanted(probs, NAMES) is (max(db, mb) >= 0.1)
+
+
+SHARP_VIEW = [0.0, 0.0, 0.02, 0.98]
+MOVING_CENTRE = [0.01, 0.0, 0.95, 0.04]
+
+
+def test_below_the_gate_the_blurs_are_not_raised() -> None:
+    """Tiles looked at for the overrule alone leave the whole-frame blurs as they are."""
+    whole = np.array([0.09, 0.0, 0.06, 0.85])
+    tiles = np.array(UNIFORM_TILES)  # every view defocused
+    np.testing.assert_allclose(TileCheck(gate=0.1).fuse(whole, tiles, NAMES), whole)
+    assert NAMES[int(TileCheck(gate=0.05).fuse(whole, tiles, NAMES).argmax())] == "defocused_blurred"
+
+
+def test_a_moving_centre_overrules_a_sharp_verdict() -> None:
+    """A small runner's smear: the whole frame says sharp with a little motion, the centre view sees it."""
+    whole = np.array([0.0, 0.01, 0.06, 0.93])
+    tiles = np.array([SHARP_VIEW] * 4 + [MOVING_CENTRE])
+    fused = TileCheck().fuse(whole, tiles, NAMES)
+    np.testing.assert_allclose(fused, MOVING_CENTRE)
+    assert NAMES[int(fused.argmax())] == "motion_blurred"
+    np.testing.assert_allclose(TileCheck(overrule_gate=None).fuse(whole, tiles, NAMES), whole)
+
+
+@pytest.mark.parametrize(("whole", "views"), [
+    ([0.0, 0.01, 0.04, 0.95], [SHARP_VIEW] * 4 + [MOVING_CENTRE]),  # too little motion in the whole frame
+    ([0.0, 0.01, 0.06, 0.93], [SHARP_VIEW] * 4 + [[0.0, 0.0, 0.89, 0.11]]),  # the centre not sure enough
+    ([0.0, 0.01, 0.06, 0.93], [MOVING_CENTRE] + [SHARP_VIEW] * 4),  # motion in a corner only: a panning background
+    ([0.0, 0.55, 0.06, 0.39], [SHARP_VIEW] * 4 + [MOVING_CENTRE]),  # not a sharp verdict: the whole frame's stands
+])
+def test_the_overrule_needs_a_sharp_verdict_motion_in_the_whole_frame_and_a_sure_centre(
+    whole: list[float], views: list[list[float]]
+) -> None:
+    fused = TileCheck().fuse(np.array(whole), np.array(views), NAMES)
+    np.testing.assert_allclose(fused, TileCheck(overrule_gate=None).fuse(np.array(whole), np.array(views), NAMES))
+
+
+def test_with_the_overrule_a_fusion_is_the_plain_one_or_the_centre_view() -> None:
+    rng = np.random.default_rng(1)
+    check, plain = TileCheck(overrule_gate=0.02, overrule_min=0.6), TileCheck(overrule_gate=None)
+    overruled = 0
+    for _ in range(500):
+        whole = rng.dirichlet([1, 1, 1, 4])
+        tiles = rng.dirichlet([1, 1, 2, 1], size=5)
+        fused, base = check.fuse(whole, tiles, NAMES), plain.fuse(whole, tiles, NAMES)
+        if np.allclose(fused, base):
+            continue
+        overruled += 1
+        np.testing.assert_allclose(fused, tiles[-1] / tiles[-1].sum())
+        assert NAMES[int(base.argmax())] == "sharp" and NAMES[int(fused.argmax())] == "motion_blurred"
+    assert overruled > 10
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [({"grid": 1}, "grid"), ({"gate": 1.5}, "gate"),
-                                               ({"gate": -0.1}, "gate")])
+                                               ({"gate": -0.1}, "gate"), ({"overrule_gate": 1.5}, "overrule_gate"),
+                                               ({"overrule_min": 0.5}, "overrule_min"),
+                                               ({"overrule_min": 1.1}, "overrule_min")])
 def test_bad_settings_are_refused(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TileCheck(**kwargs)  # type: ignore[arg-type]
@@ -209,7 +270,8 @@ def test_the_decision_rule_names_the_check_and_its_settings(bundled: BlurClassif
     stricter = load_classifier(config=EngineConfig(tile_check=TileCheck(gate=0.2)))
     unlifted = load_classifier(config=EngineConfig(veil_gate=None))
     undarkened = load_classifier(config=EngineConfig(dark_gate=None))
+    unoverruled = load_classifier(config=EngineConfig(tile_check=TileCheck(overrule_gate=None)))
     rules = {bundled.decision_rule, plain.decision_rule, stricter.decision_rule, unlifted.decision_rule,
-             undarkened.decision_rule}
-    assert len(rules) == 5
+             undarkened.decision_rule, unoverruled.decision_rule}
+    assert len(rules) == 6
     assert plain.decision_rule == "whole frame" and "gate 0.1" in bundled.decision_rule
