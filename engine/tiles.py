@@ -20,8 +20,9 @@ flagged, 1,352 instead of 1,340 of 1,457 visible blurs found (models/MODEL_CARD.
 sharp verdict").
 
 The views cost five more inferences and a second decode, so they are only looked at when the whole frame already
-gives a whole-frame blur some probability (`gate`): 2 % of the 350 shared race photos, and every image the whole
-frame calls defocused or motion-blurred. That second decode keeps each view's short side at least `min_tile_side` times the input size
+gives a whole-frame blur some probability (`gate`), or motion from `overrule_gate`: 2 % of the 350 shared race
+photos (with the model of 2026-12-05; 1 of them with the geometric-mean model), and every image the whole frame calls
+defocused or motion-blurred. That second decode keeps each view's short side at least `min_tile_side` times the input size
 (a 2048-px export at half scale, a 24 MP original at a quarter), as in the validation images the check was chosen
 on (1,024-px frames: views of 512 x 341 px).
 """
@@ -78,7 +79,7 @@ class TileCheck:
         if self.overrule_gate is not None and not 0.0 <= self.overrule_gate <= 1.0:
             raise ValueError(f"overrule_gate must be a probability or None, got {self.overrule_gate}")
         if not 0.5 < self.overrule_min <= 1.0:
-            raise ValueError(f"overrule_min must be above 0.5 (a view's top class) and at most 1, got {self.overrule_min}")
+            raise ValueError(f"overrule_min must be above 0.5 and at most 1, got {self.overrule_min}")
 
     def decode_spec(self, spec: InputSpec) -> InputSpec:
         """How a file is decoded for its tiles: JPEG draft scale down to tiles of `min_tile_side` x the input."""
