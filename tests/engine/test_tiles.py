@@ -212,6 +212,18 @@ def test_single_check_and_pipeline_fuse_the_tiles_alike(bundled: BlurClassifier,
     assert all(r.probabilities == pytest.approx(single.probabilities) for r in batch)
 
 
+def test_single_check_and_pipeline_let_the_centre_overrule_alike(bundled: BlurClassifier, tmp_path: Path) -> None:
+    """Motion below the quadrant gate but past the overrule's: the tiles are looked at and the centre's answer stands."""
+    clf = _Scripted(bundled, [0.0, 0.01, 0.06, 0.93], [SHARP_VIEW] * 4 + [MOVING_CENTRE])
+    paths = _files(tmp_path, 3)
+    single = clf.classify(paths[0], "motion_blurred")
+    assert single.top_class == "motion_blurred" and single.detected
+    assert single.confidence == pytest.approx(0.95)
+    batch = list(pipeline.classify_paths(clf, paths, "motion_blurred", workers=2, batch_size=2))
+    assert clf.tile_batches == 1 + 3
+    assert all(r.probabilities == pytest.approx(single.probabilities) for r in batch)
+
+
 def test_below_the_gate_no_tile_is_decoded_or_inferred(bundled: BlurClassifier, tmp_path: Path) -> None:
     clf = _Scripted(bundled, [0.01, 0.01, 0.01, 0.97], UNIFORM_TILES)
     results = list(pipeline.classify_paths(clf, _files(tmp_path, 4), workers=2, batch_size=2))
