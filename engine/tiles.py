@@ -99,9 +99,13 @@ class TileCheck:
         """Only for whole-frame (stretch) models: a centre-cropping model never sees the frame's edges."""
         return spec.resize == "stretch"
 
+    def past_gate(self, probs: np.ndarray, names: tuple[str, ...]) -> bool:
+        """Whether the whole frame gives a whole-frame blur `gate` or more (the tiles then may raise it)."""
+        return max(float(probs[names.index(c)]) for c in WHOLE_FRAME_BLURS) >= self.gate
+
     def wanted(self, probs: np.ndarray, names: tuple[str, ...]) -> bool:
         """Whether the whole frame's probabilities call for a look at the tiles."""
-        if max(float(probs[names.index(c)]) for c in WHOLE_FRAME_BLURS) >= self.gate:
+        if self.past_gate(probs, names):
             return True
         return self.overrule_gate is not None and float(probs[names.index(CENTRE_OVERRULE)]) >= self.overrule_gate
 
@@ -132,12 +136,12 @@ class TileCheck:
         the centre view may overrule it (`overrule_gate`): its own probabilities are then the answer.
         """
         out = np.array(whole, dtype=np.float64)
-        if max(float(whole[names.index(c)]) for c in WHOLE_FRAME_BLURS) >= self.gate:
+        if self.past_gate(whole, names):
             for c in WHOLE_FRAME_BLURS:
                 k = names.index(c)
                 out[k] = max(out[k], float(np.min(tiles[:, k])))
         out /= out.sum()
-        if self.overrule_gate is not None and "sharp" in names and names[int(np.argmax(out))] == "sharp":
+        if self.overrule_gate is not None and names[int(np.argmax(out))] == "sharp":
             k = names.index(CENTRE_OVERRULE)
             centre = np.array(tiles[-1], dtype=np.float64)
             if float(whole[k]) >= self.overrule_gate and centre[k] >= self.overrule_min:
