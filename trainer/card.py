@@ -77,6 +77,26 @@ def subject_background_split(predictions: list[dict[str, Any]]) -> dict[str, dic
     return _subject_bins(predictions, names, bin_of)
 
 
+def subject_audit_split(predictions: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Right / total of the subject blurs at visible strength, per kind, by the audit of the photo's mask
+    (trainer.evaluate.SUBJECT_AUDIT): the main subject on a sharp and on a soft background, someone else, no single
+    subject, and photos the audit does not hold (e.g. person photos with their dataset's own mask).
+
+    The first bin is where the label is right by the classes' definitions: the photo's runner out of focus, or
+    moving, against a background that shows it."""
+    names = (f"main subject, background >= {SOFT_BACKGROUND:g}", f"main subject, background < {SOFT_BACKGROUND:g}",
+             "not the main subject", "no single subject", "not audited")
+
+    def bin_of(p: dict[str, Any]) -> int:
+        verdict = p.get("subject_audit")
+        if verdict == "main":
+            background = p.get("background_sharpness")
+            return int(background is not None and float(background) < SOFT_BACKGROUND)
+        return {"not_main": 2, "unclear": 3}.get(verdict or "", 4)
+
+    return _subject_bins(predictions, names, bin_of)
+
+
 def _fmt(i: Interval) -> str:
     if i.total == 0:
         return "n/a"
@@ -143,7 +163,8 @@ def card_metrics(work: Path) -> str:
             lines.append(f"- {kind}{how}: {cells}")
     for split_by, how in ((subject_share_bins, "the runner's share of the frame"),
                           (subject_background_split, "how sharp the rest of the frame is (below "
-                           f"{SOFT_BACKGROUND:g} nothing sharp is left to show which part is soft)")):
+                           f"{SOFT_BACKGROUND:g} nothing sharp is left to show which part is soft)"),
+                          (subject_audit_split, "the audit of the photo's mask (trainer/subject_audit.csv)")):
         for kind, bins in split_by(test["predictions"]).items():
             cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
             lines.append(f"- {kind} at visible strength by {how}: {cells}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections import defaultdict
@@ -12,7 +13,7 @@ from typing import Any
 
 from engine.model import SHARP, EngineConfig, load_classifier
 from engine.preprocess import is_image_path
-from trainer.dataset import MANIFEST, PLAN_FOLDERS, read_manifest
+from trainer.dataset import MANIFEST, PLAN_FOLDERS, SUBJECT_KINDS, read_manifest
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Sample:
     # subject kinds, held-out splits: how sharp the rest of the frame was (dataset.background_sharpness; None: not
     # recorded, datasets before 2026-12-06 late)
     background_sharpness: float | None = None
+    # subject kinds: the audit's verdict on the photo's mask (SUBJECT_AUDIT: main, not_main, unclear; None: not audited)
+    subject_audit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,45 @@ def _number(params: dict[str, Any], key: str) -> float | None:
         return None
 
 
+#: The audit by eye of the held-out photos' person masks (next to this file): is the masked person the photo's main,
+#: in-focus subject? A subject blur of someone else leaves a photo a photographer calls sharp (or, in a crowd, no
+#: clear answer), so evaluation reports the subject kinds by this verdict as well (models/MODEL_CARD.md, "Which
+#: subject-blur labels are right").
+SUBJECT_AUDIT = Path(__file__).with_name("subject_audit.csv")
+AUDIT_VERDICTS = ("main", "not_main", "unclear")
+
+
+def load_subject_audit(path: Path = SUBJECT_AUDIT) -> dict[str, str]:
+    """photo (its path under the shared data folder) -> verdict; {} where the file is absent (e.g. an installed wheel).
+
+    Raises ValueError on a verdict other than AUDIT_VERDICTS."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    audit = {}
+    for row in csv.DictReader(line for line in lines if not line.startswith("#")):
+        if row["verdict"] not in AUDIT_VERDICTS:
+            raise ValueError(f"{path}: {row['photo']}: verdict {row['verdict']!r} is not one of {AUDIT_VERDICTS}")
+        audit[row["photo"]] = row["verdict"]
+    return audit
+
+
+def audit_verdict(source: str, audit: dict[str, str]) -> str | None:
+    """The audit's verdict on a source photo (matched by its path's end, wherever the shared folder is), or None."""
+    path = Path(source).as_posix()
+    for photo, verdict in audit.items():
+        if path == photo or path.endswith("/" + photo):
+            return verdict
+    return None
+
+
 def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
     """Samples of one split: from `prepare`'s manifest (the synthetic JPEG or original file), or class folders."""
     dataset_dir = Path(dataset_dir)
     if (dataset_dir / MANIFEST).exists():
+        audit = load_subject_audit()
+        verdicts: dict[str, str | None] = {}   # (one lookup per source photo)
         out = []
         for r in read_manifest(dataset_dir):
             if r.split != split or r.error:
@@ -107,8 +145,11 @@ def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
                 path = dataset_dir / r.file
             params = _params(r.params)   # (parsed once per row)
             extent = _number(params, "extent_px") if r.kind in EXTENT_KINDS else None
+            if r.kind in SUBJECT_KINDS and r.source not in verdicts:
+                verdicts[r.source] = audit_verdict(r.source, audit)
             out.append(Sample(path, r.label, r.kind, r.strength_px, r.group, extent or 0.0,
-                              _number(params, "subject_share") or 0.0, _number(params, "background_sharpness")))
+                              _number(params, "subject_share") or 0.0, _number(params, "background_sharpness"),
+                              verdicts.get(r.source) if r.kind in SUBJECT_KINDS else None))
         return out
     root = dataset_dir / split if (dataset_dir / split).is_dir() else dataset_dir
     samples = []
@@ -160,7 +201,8 @@ def evaluate_samples(model_dir: Path | None, samples: Sequence[Sample], whole_fr
                 b[1] += 1
         predictions.append({"path": str(s.path), "label": s.label, "kind": s.kind, "strength_px": s.strength_px, "group": s.group,
                             "extent_px": s.extent_px, "subject_share": s.subject_share,
-                            "background_sharpness": s.background_sharpness, "top_class": r.top_class,
+                            "background_sharpness": s.background_sharpness, "subject_audit": s.subject_audit,
+                            "top_class": r.top_class,
                             "probabilities": r.probabilities})
     total = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(names)))

@@ -156,8 +156,9 @@ def test_real_blurred_photos_count_at_equal_false_alarms_as_in_the_paired_counts
     assert "Visible blur right (of 1)" in md and "- visible blur: a only 0, b only 0" in md
 
 
-def _write_test_manifest(root: Path, specs: list[tuple[str, str, float, dict]]) -> None:
-    """A prepared dataset's test split: one small synthetic JPEG and manifest row per (kind, label, strength, params)."""
+def _write_test_manifest(root: Path, specs: list[tuple]) -> None:
+    """A prepared dataset's test split: one small synthetic JPEG and manifest row per (kind, label, strength, params)
+    or (kind, label, strength, params, source photo); the source is "src.jpg" where not given."""
     import csv
     from dataclasses import asdict
 
@@ -166,12 +167,12 @@ def _write_test_manifest(root: Path, specs: list[tuple[str, str, float, dict]]) 
     from trainer.dataset import MANIFEST, ManifestRow
 
     rows = []
-    for i, (kind, label, strength, params) in enumerate(specs):
+    for i, (kind, label, strength, params, *source) in enumerate(specs):
         synth = f"synth/test/{label}/{i}_{kind}.jpg"
         (root / synth).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (96, 64), (40 * i, 90, 120)).save(root / synth)
-        rows.append(ManifestRow("test", label, f"test/{label}/{i}.png", "src.jpg", f"scene:{i}", kind, strength, synth,
-                                json.dumps(params)))
+        rows.append(ManifestRow("test", label, f"test/{label}/{i}.png", source[0] if source else "src.jpg", f"scene:{i}",
+                                kind, strength, synth, json.dumps(params)))
     with open(root / MANIFEST, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(ManifestRow.__dataclass_fields__))
         writer.writeheader()
@@ -229,6 +230,60 @@ def test_card_reports_the_subject_kinds_on_a_sharp_and_on_a_soft_background(tmp_
     for name in ("test", "val", "triplets"):
         write_report(rep, tmp_path / f"evaluation_{name}.json")
     assert "- subject_defocus at visible strength by how sharp the rest of the frame is" in card_metrics(tmp_path)
+
+
+def test_card_reports_the_subject_kinds_by_the_audit_of_their_masks(tmp_path: Path):
+    """Evaluation looks up each subject blur's source photo in the committed audit (by the end of its path, wherever
+    the shared folder is) and the card counts the subject kinds at visible strength by its verdict, the main subject
+    split by its background; other kinds and unlisted photos get no verdict."""
+    from trainer.card import card_metrics, subject_audit_split
+    from trainer.evaluate import evaluate, load_subject_audit, write_report
+
+    audit = load_subject_audit()
+    by_verdict = {v: next(p for p, w in audit.items() if w == v) for v in ("main", "not_main", "unclear")}
+    shared = "/somewhere/shared/data/"
+    _write_test_manifest(tmp_path, [
+        ("subject_defocus", "defocused_object_portrait", 12.0, {"background_sharpness": 0.3},
+         shared + by_verdict["main"]),
+        ("subject_defocus", "defocused_object_portrait", 12.0, {"background_sharpness": 0.01},
+         shared + by_verdict["main"]),
+        ("subject_defocus", "defocused_object_portrait", 12.0, {"background_sharpness": 0.3},
+         shared + by_verdict["not_main"]),
+        ("subject_motion", "motion_blurred", 30.0, {"background_sharpness": 0.3}, shared + by_verdict["unclear"]),
+        ("subject_motion", "motion_blurred", 30.0, {"background_sharpness": 0.3}, shared + "person_masks/images/1.jpg"),
+        ("subject_motion", "motion_blurred", 30.0, {}, "x" + by_verdict["main"]),   # another photo's name ends alike
+        ("bokeh", "sharp", 8.0, {}, shared + by_verdict["main"]),                   # not a subject blur
+    ])
+    rep = evaluate(None, tmp_path, "test")   # the bundled model; only the split is checked, not its verdicts
+    assert [p["subject_audit"] for p in rep.predictions] == ["main", "main", "not_main", "unclear", None, None, None]
+    split = subject_audit_split(rep.predictions)
+    assert {k: {b: n for b, (_, n) in v.items()} for k, v in split.items()} == {
+        "subject_defocus": {"main subject, background >= 0.05": 1, "main subject, background < 0.05": 1,
+                            "not the main subject": 1},
+        "subject_motion": {"no single subject": 1, "not audited": 2}}
+    right = {p["path"].rsplit("/", 1)[1]: p["top_class"] == p["label"] for p in rep.predictions}
+    assert split["subject_defocus"]["not the main subject"][0] == right["2_subject_defocus.jpg"]
+    for name in ("test", "val", "triplets"):
+        write_report(rep, tmp_path / f"evaluation_{name}.json")
+    assert ("- subject_defocus at visible strength by the audit of the photo's mask (trainer/subject_audit.csv): "
+            "main subject, background >= 0.05: ") in card_metrics(tmp_path)
+
+
+def test_the_subject_audit_holds_known_verdicts_and_refuses_others(tmp_path: Path):
+    """The committed audit reads (comment lines skipped) with one of its three verdicts per photo; a file with another
+    verdict is refused with the photo named, and a missing file (an installed wheel) is an empty audit."""
+    from trainer.evaluate import AUDIT_VERDICTS, audit_verdict, load_subject_audit
+
+    audit = load_subject_audit()
+    assert len(audit) >= 80 and set(audit.values()) == set(AUDIT_VERDICTS)
+    assert all(not p.startswith("/") and p.endswith((".jpg", ".png")) for p in audit)
+    bad = tmp_path / "audit.csv"
+    bad.write_text("# note\nphoto,verdict,note\nrace/a.jpg,main,\nrace/b.jpg,blurry,\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="race/b.jpg"):
+        load_subject_audit(bad)
+    assert load_subject_audit(tmp_path / "none.csv") == {}
+    assert audit_verdict("/x/race/a.jpg", {"race/a.jpg": "main"}) == "main"
+    assert audit_verdict("/x/prace/a.jpg", {"race/a.jpg": "main"}) is None
 
 
 def test_evaluation_reports_shake_recall_by_extent_as_well_as_by_path_length(tmp_path: Path):
