@@ -271,6 +271,12 @@ def format_report(rep: EvalReport) -> str:
             lines += ["", title]
             for k, bins in table.items():
                 lines.append(f"  {k}: " + ", ".join(f"{b} {i.value:.0%} ({i.count}/{i.total})" for b, i in bins.items()))
+    if any(p.get("subject_audit") for p in rep.predictions):
+        from trainer.card import subject_audit_split  # (card builds on this module)
+
+        lines += ["", "subject blurs at visible strength by the audit of their mask (trainer/subject_audit.csv)"]
+        for k, bins in subject_audit_split(rep.predictions).items():
+            lines.append(f"  {k}: " + ", ".join(f"{b} {h}/{n}" for b, (h, n) in bins.items()))
     return "\n".join(lines)
 
 

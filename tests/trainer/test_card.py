@@ -237,7 +237,7 @@ def test_card_reports_the_subject_kinds_by_the_audit_of_their_masks(tmp_path: Pa
     the shared folder is) and the card counts the subject kinds at visible strength by its verdict, the main subject
     split by its background; other kinds and unlisted photos get no verdict."""
     from trainer.card import card_metrics, subject_audit_split
-    from trainer.evaluate import evaluate, load_subject_audit, write_report
+    from trainer.evaluate import evaluate, format_report, load_subject_audit, write_report
 
     audit = load_subject_audit()
     by_verdict = {v: next(p for p, w in audit.items() if w == v) for v in ("main", "not_main", "unclear")}
@@ -263,6 +263,7 @@ def test_card_reports_the_subject_kinds_by_the_audit_of_their_masks(tmp_path: Pa
         "subject_motion": {"no single subject": 1, "not audited": 2}}
     right = {p["path"].rsplit("/", 1)[1]: p["top_class"] == p["label"] for p in rep.predictions}
     assert split["subject_defocus"]["not the main subject"][0] == right["2_subject_defocus.jpg"]
+    assert "  subject_motion: no single subject " in format_report(rep)
     for name in ("test", "val", "triplets"):
         write_report(rep, tmp_path / f"evaluation_{name}.json")
     assert ("- subject_defocus at visible strength by the audit of the photo's mask (trainer/subject_audit.csv): "
