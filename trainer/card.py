@@ -97,6 +97,23 @@ def subject_audit_split(predictions: list[dict[str, Any]]) -> dict[str, dict[str
     return _subject_bins(predictions, names, bin_of)
 
 
+def negative_audit_split(predictions: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Flagged / total of the hard negatives made through a person mask (bokeh, panning), by the audit of the mask
+    (`subject_audit_split`'s verdicts, the background not split): a bokeh or a panning of someone other than the
+    photo's subject blurs the subject, so its `sharp` label is wrong there. Predictions the audit does not hold count
+    as "not audited"; empty bins are dropped."""
+    names = ("main subject", "not the main subject", "no single subject", "not audited")
+    out: dict[str, list[list[int]]] = {}
+    for p in predictions:
+        if p["kind"] not in ("bokeh", "panning"):
+            continue
+        i = {"main": 0, "not_main": 1, "unclear": 2}.get(p.get("subject_audit") or "", 3)
+        b = out.setdefault(p["kind"], [[0, 0] for _ in names])[i]
+        b[0] += p["top_class"] != "sharp"
+        b[1] += 1
+    return {k: {n: (h, t) for n, (h, t) in zip(names, bins, strict=True) if t} for k, bins in sorted(out.items())}
+
+
 def _fmt(i: Interval) -> str:
     if i.total == 0:
         return "n/a"
@@ -168,6 +185,9 @@ def card_metrics(work: Path) -> str:
         for kind, bins in split_by(test["predictions"]).items():
             cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
             lines.append(f"- {kind} at visible strength by {how}: {cells}")
+    for kind, bins in negative_audit_split(test["predictions"]).items():
+        cells = ", ".join(f"{b}: {k}/{n}" for b, (k, n) in bins.items())
+        lines.append(f"- {kind} negatives flagged, by the audit of the photo's mask: {cells}")
     for split, ev in (("test", test), ("val", _load(work / "evaluation_val.json"))):
         lines += ["", f"### Per-class recall and confusion ({split} split, {ev['count']} images)", ""]
         names = ev["names"]

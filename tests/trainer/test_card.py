@@ -233,10 +233,11 @@ def test_card_reports_the_subject_kinds_on_a_sharp_and_on_a_soft_background(tmp_
 
 
 def test_card_reports_the_subject_kinds_by_the_audit_of_their_masks(tmp_path: Path):
-    """Evaluation looks up each subject blur's source photo in the committed audit (by the end of its path, wherever
-    the shared folder is) and the card counts the subject kinds at visible strength by its verdict, the main subject
-    split by its background; other kinds and unlisted photos get no verdict."""
-    from trainer.card import card_metrics, subject_audit_split
+    """Evaluation looks up the source photo of each example made through a person mask in the committed audit (by the
+    end of its path, wherever the shared folder is); the card counts the subject kinds at visible strength by its
+    verdict, the main subject split by its background, and the bokeh and panning negatives flagged by it; kinds made
+    without the mask and unlisted photos get no verdict."""
+    from trainer.card import card_metrics, negative_audit_split, subject_audit_split
     from trainer.evaluate import evaluate, format_report, load_subject_audit, write_report
 
     audit = load_subject_audit()
@@ -252,10 +253,17 @@ def test_card_reports_the_subject_kinds_by_the_audit_of_their_masks(tmp_path: Pa
         ("subject_motion", "motion_blurred", 30.0, {"background_sharpness": 0.3}, shared + by_verdict["unclear"]),
         ("subject_motion", "motion_blurred", 30.0, {"background_sharpness": 0.3}, shared + "person_masks/images/1.jpg"),
         ("subject_motion", "motion_blurred", 30.0, {}, "x" + by_verdict["main"]),   # another photo's name ends alike
-        ("bokeh", "sharp", 8.0, {}, shared + by_verdict["main"]),                   # not a subject blur
+        ("bokeh", "sharp", 8.0, {}, shared + by_verdict["main"]),                   # a hard negative
+        ("panning", "sharp", 30.0, {}, shared + by_verdict["not_main"]),
+        ("defocus", "defocused_blurred", 12.0, {}, shared + by_verdict["main"]),     # made without the mask
     ])
     rep = evaluate(None, tmp_path, "test")   # the bundled model; only the split is checked, not its verdicts
-    assert [p["subject_audit"] for p in rep.predictions] == ["main", "main", "not_main", "unclear", None, None, None]
+    assert [p["subject_audit"] for p in rep.predictions] == [
+        "main", "main", "not_main", "unclear", None, None, "main", "not_main", None]
+    negatives = negative_audit_split(rep.predictions)
+    assert {k: {b: n for b, (_, n) in v.items()} for k, v in negatives.items()} == {
+        "bokeh": {"main subject": 1}, "panning": {"not the main subject": 1}}
+    assert negatives["panning"]["not the main subject"][0] == (rep.predictions[7]["top_class"] != "sharp")
     split = subject_audit_split(rep.predictions)
     assert {k: {b: n for b, (_, n) in v.items()} for k, v in split.items()} == {
         "subject_defocus": {"main subject, background >= 0.05": 1, "main subject, background < 0.05": 1,
@@ -266,8 +274,10 @@ def test_card_reports_the_subject_kinds_by_the_audit_of_their_masks(tmp_path: Pa
     assert "  subject_motion: no single subject " in format_report(rep)
     for name in ("test", "val", "triplets"):
         write_report(rep, tmp_path / f"evaluation_{name}.json")
+    md = card_metrics(tmp_path)
     assert ("- subject_defocus at visible strength by the audit of the photo's mask (trainer/subject_audit.csv): "
-            "main subject, background >= 0.05: ") in card_metrics(tmp_path)
+            "main subject, background >= 0.05: ") in md
+    assert "- panning negatives flagged, by the audit of the photo's mask: not the main subject: " in md
 
 
 def test_the_subject_audit_holds_known_verdicts_and_refuses_others(tmp_path: Path):
@@ -285,6 +295,14 @@ def test_the_subject_audit_holds_known_verdicts_and_refuses_others(tmp_path: Pat
     assert load_subject_audit(tmp_path / "none.csv") == {}
     assert audit_verdict("/x/race/a.jpg", {"race/a.jpg": "main"}) == "main"
     assert audit_verdict("/x/prace/a.jpg", {"race/a.jpg": "main"}) is None
+
+
+def test_the_audited_kinds_are_the_kinds_made_through_the_mask():
+    """Evaluation keeps its own list of the mask kinds (importing the synthesis would load OpenCV): it must not drift."""
+    from trainer.evaluate import AUDITED_KINDS
+    from trainer.synthesis import MASK_KINDS
+
+    assert AUDITED_KINDS == MASK_KINDS
 
 
 def test_evaluation_reports_shake_recall_by_extent_as_well_as_by_path_length(tmp_path: Path):
