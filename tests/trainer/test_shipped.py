@@ -88,6 +88,58 @@ def test_training_only_options_never_move_a_draw(option: str, value: float) -> N
     assert [replace(j, **{option: 0.0}) for j in changed] == plain
 
 
+def test_audited_masks_keep_the_mask_kinds_training_examples_off_other_peoples_masks() -> None:
+    """With a mask check (the audit), the mask kinds' training examples use only allowed photos, spread over them in
+    the plan's own shuffled order, and nothing else moves: every other training job, every validation and test job
+    (photo, seed and name) stay those of the plan without it; a check that allows no photo leaves the plan as is."""
+    from trainer.synthesis import MASK_KINDS
+
+    splits = _splits()
+    refused = {s.path for s in splits["train"][::3]} | {splits["val"][0].path, splits["test"][0].path}
+    plain = plan_shipped_jobs(splits, lambda s: True, seed=1)
+    audited = plan_shipped_jobs(splits, lambda s: True, seed=1, mask_ok=lambda s: s.path not in refused)
+    assert len(audited) == len(plain)
+    moved = [(a, b) for a, b in zip(plain, audited, strict=True) if a != b]
+    assert moved and all(a.split == "train" and a.kind in MASK_KINDS for a, _ in moved)
+    assert all(replace(b, source=a.source, out_name=a.out_name) == a for a, b in moved)   # the same seed and kind
+    masked_train = [j for j in audited if j.split == "train" and j.kind in MASK_KINDS]
+    assert masked_train and not any(j.source.path in refused for j in masked_train)
+    assert any(j.source.path in refused for j in audited if j.split == "train" and j.kind not in MASK_KINDS)
+    assert any(j.source.path in refused for j in audited if j.split != "train" and j.kind in MASK_KINDS)
+    assert plan_shipped_jobs(splits, lambda s: True, seed=1, mask_ok=lambda s: False) == plain
+
+
+def test_the_audited_mask_check_refuses_other_subjects_and_allows_unaudited_photos() -> None:
+    from trainer.shipped import audited_mask_check
+
+    check = audited_mask_check({"race/a.jpg": "main", "race/b.jpg": "not_main", "race/c.jpg": "unclear"})
+    verdicts = [check(SourceImage(Path(f"/shared/data/race/{n}.jpg"), SHARP, "g")) for n in ("a", "b", "c", "d")]
+    assert verdicts == [True, False, False, True]
+    committed = audited_mask_check()   # the committed audit: its race04 frame holds a runner behind the main one
+    frame = "race/race04/runnerbar/1701587589417_b5114f46_842d_48dc_abd2_3e2e8696c451.jpg"
+    assert not committed(SourceImage(Path("/anywhere/data") / frame, SHARP, "race04"))
+
+
+def test_audited_masks_reach_the_dataset_from_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`blurflag-train shipped --audited-masks` plans with the audit's check; without the option, no check."""
+    from trainer import shipped
+
+    seen: list[object] = []
+
+    def fake_plan(*args: object, **kwargs: object) -> list:
+        seen.append(args[11] if len(args) > 11 else kwargs.get("mask_ok"))
+        return []
+
+    monkeypatch.setattr(shipped, "plan_shipped_jobs", fake_plan)
+    monkeypatch.setattr(shipped, "split_sources", lambda *a, **k: {"train": [], "val": [], "test": []})
+    monkeypatch.setattr(shipped, "write_dataset", lambda *a, **k: [])
+    for extra in ([], ["--audited-masks"]):
+        work = tmp_path / f"w{len(extra)}"
+        train_main(["shipped", "--shared", str(tmp_path), "--work", str(work), "--model-out", str(work / "m"),
+                    "--prepare-only", *extra])
+    assert seen[0] is None and callable(seen[1])
+
+
 def _noise_photo(tmp_path: Path) -> Path:
     from PIL import Image
 
