@@ -95,8 +95,8 @@ def _number(params: dict[str, Any], key: str) -> float | None:
         return None
 
 
-#: The audit by eye of the held-out photos' person masks (next to this file): is the masked person the photo's main,
-#: in-focus subject? A subject blur of someone else leaves a photo a photographer calls sharp (or, in a crowd, no
+#: The audit by eye of the person masks of the held-out photos and of the training split's race photos (next to this
+#: file): is the masked person the photo's main, in-focus subject? A subject blur of someone else leaves a photo a photographer calls sharp (or, in a crowd, no
 #: clear answer), so evaluation reports the subject kinds by this verdict as well (models/MODEL_CARD.md, "Which
 #: subject-blur labels are right"). The verdicts judge the masks of trainer/masks.py's default (`--subject pose`); a
 #: dataset made with other masks (`--subject nearest`) gets the same verdicts, which may not fit its masks.

@@ -239,8 +239,13 @@ def build_shipped_dataset(
         return masks.load_shared_mask(s.path) is not None
 
     sharp_background = sharp_background_checker(mask_dir, subject_background) if subject_background > 0 else None
+    mask_ok = audited_mask_check() if audited_masks else None
+    if mask_ok is not None and progress:
+        masked = [s for s in splits["train"] if has_mask(s)]
+        progress(f"audited masks: {sum(not mask_ok(s) for s in masked)} of the {len(masked)} training photos with a "
+                 "mask make no examples of the mask kinds (trainer/subject_audit.csv)")
     jobs = plan_shipped_jobs(splits, has_mask, synth_seed, scale, mix, train_floor, lens_softness_px, reframe,
-                             sharp_background, veil, sharpen, audited_mask_check() if audited_masks else None)
+                             sharp_background, veil, sharpen, mask_ok)
     if held_out_only:
         held = [j for j in jobs if j.split != "train"]
         if progress:

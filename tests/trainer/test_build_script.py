@@ -38,12 +38,12 @@ def test_default_schedule_follows_the_cpu(tmp_path: Path) -> None:
     if use_bf16("auto"):
         assert got == {"PARALLEL": "1", "HOURS": "0.95", "HOURS2": "0", "EPOCHS2": "68", "PRE_HOURS2": "0.4",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "8", "PORTRAIT_PRIOR": "1.5",
+                       "SHARPEN": "0", "MASK_AUDIT": "0", "SHARP_PRIOR": "8", "PORTRAIT_PRIOR": "1.5",
                        "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "1"}
     else:   # the shipped model's float32 schedule, one network after the other
         assert got == {"PARALLEL": "0", "HOURS": "0.95", "HOURS2": "0.7", "EPOCHS2": "120", "PRE_HOURS2": "0.5",
                        "TEXTURED": "1", "DISTILLED": "1", "DEADLEAVES": "0", "IMAGENET_DRAWS": "4", "MOTION34": "1",
-                       "SHARPEN": "0", "SHARP_PRIOR": "8", "PORTRAIT_PRIOR": "1.5",
+                       "SHARPEN": "0", "MASK_AUDIT": "0", "SHARP_PRIOR": "8", "PORTRAIT_PRIOR": "1.5",
                        "IMAGENET_IMGSZ": "448", "IMAGENET_FINE": "1", "bf16": "0"}
 
 
