@@ -120,9 +120,12 @@ def test_the_audited_mask_check_refuses_other_subjects_and_allows_unaudited_phot
     assert not committed(SourceImage(Path("/anywhere/data") / frame, SHARP, "race04"))
 
 
-def test_audited_masks_reach_the_dataset_from_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`blurflag-train shipped --audited-masks` plans with the audit's check; without the option, no check."""
-    from trainer import shipped
+def test_audited_masks_reach_the_dataset_from_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`blurflag-train shipped --audited-masks` plans with the audit's check and logs how many training photos with a
+    mask it leaves out of the mask kinds; without the option, no check and no such line."""
+    from trainer import masks, shipped
 
     seen: list[object] = []
 
@@ -130,14 +133,21 @@ def test_audited_masks_reach_the_dataset_from_the_command_line(monkeypatch: pyte
         seen.append(args[11] if len(args) > 11 else kwargs.get("mask_ok"))
         return []
 
+    frame = "race/race04/runnerbar/1701587589417_b5114f46_842d_48dc_abd2_3e2e8696c451.jpg"   # audited not_main
+    train = [SourceImage(tmp_path / "data" / frame, SHARP, "race04"), SourceImage(tmp_path / "own.jpg", SHARP, "own")]
     monkeypatch.setattr(shipped, "plan_shipped_jobs", fake_plan)
-    monkeypatch.setattr(shipped, "split_sources", lambda *a, **k: {"train": [], "val": [], "test": []})
+    monkeypatch.setattr(shipped, "split_sources", lambda *a, **k: {"train": train, "val": [], "test": []})
     monkeypatch.setattr(shipped, "write_dataset", lambda *a, **k: [])
+    monkeypatch.setattr(masks, "load_shared_mask", lambda path: np.ones((4, 4), np.uint8))   # both have a mask
+    logs = []
     for extra in ([], ["--audited-masks"]):
         work = tmp_path / f"w{len(extra)}"
         train_main(["shipped", "--shared", str(tmp_path), "--work", str(work), "--model-out", str(work / "m"),
                     "--prepare-only", *extra])
+        logs.append(capsys.readouterr().out)
     assert seen[0] is None and callable(seen[1])
+    assert "audited masks" not in logs[0]
+    assert "audited masks: 1 of the 2 training photos with a mask make no examples of the mask kinds" in logs[1]
 
 
 def _noise_photo(tmp_path: Path) -> Path:
