@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.dataset import SHARP_BACKGROUND_MIN, SUBJECT_KINDS
+from trainer.dataset import MASK_KINDS, SHARP_BACKGROUND_MIN, SUBJECT_KINDS
 from trainer.evaluate import Interval, wilson
 
 #: "Clearly visible at delivery size", px at a 2048-px long side: disk radius for defocus, path length for motion.
@@ -35,18 +35,23 @@ SOFT_BACKGROUND = SHARP_BACKGROUND_MIN
 
 
 def _subject_bins(predictions: list[dict[str, Any]], names: Sequence[str],
-                  bin_of: Callable[[dict[str, Any]], int | None]) -> dict[str, dict[str, tuple[int, int]]]:
+                  bin_of: Callable[[dict[str, Any]], int | None],
+                  negatives: bool = False) -> dict[str, dict[str, tuple[int, int]]]:
     """Right / total of the subject blurs at visible strength, per kind and bin (`bin_of`: an index into `names`, or
-    None to leave a prediction out); empty bins are dropped."""
+    None to leave a prediction out); empty bins are dropped. `negatives`: flagged / total of the other mask kinds
+    (bokeh, panning: sharp examples) instead."""
     out: dict[str, list[list[int]]] = {}
     for p in predictions:
-        if p["kind"] not in SUBJECT_KINDS or not _is_visible_blur(p):
+        if negatives:
+            if p["kind"] not in MASK_KINDS or p["kind"] in SUBJECT_KINDS:
+                continue
+        elif p["kind"] not in SUBJECT_KINDS or not _is_visible_blur(p):
             continue
         i = bin_of(p)
         if i is None:
             continue
         b = out.setdefault(p["kind"], [[0, 0] for _ in names])[i]
-        b[0] += p["top_class"] == p["label"]
+        b[0] += (p["top_class"] != "sharp") if negatives else (p["top_class"] == p["label"])
         b[1] += 1
     return {k: {n: (h, t) for n, (h, t) in zip(names, bins) if t} for k, bins in sorted(out.items())}
 
@@ -88,13 +93,18 @@ def subject_audit_split(predictions: list[dict[str, Any]]) -> dict[str, dict[str
              "not the main subject", "no single subject", "not audited")
 
     def bin_of(p: dict[str, Any]) -> int:
-        verdict = p.get("subject_audit")
-        if verdict == "main":
+        i = _verdict_bin(p)
+        if i == 0:
             background = p.get("background_sharpness")
             return int(background is not None and float(background) < SOFT_BACKGROUND)
-        return {"not_main": 2, "unclear": 3}.get(verdict or "", 4)
+        return i + 1
 
     return _subject_bins(predictions, names, bin_of)
+
+
+def _verdict_bin(p: dict[str, Any]) -> int:
+    """0 main subject, 1 not the main subject, 2 no single subject, 3 not audited (`subject_audit`)."""
+    return {"main": 0, "not_main": 1, "unclear": 2}.get(p.get("subject_audit") or "", 3)
 
 
 def negative_audit_split(predictions: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
@@ -103,15 +113,7 @@ def negative_audit_split(predictions: list[dict[str, Any]]) -> dict[str, dict[st
     photo's subject blurs the subject, so its `sharp` label is wrong there. Predictions the audit does not hold count
     as "not audited"; empty bins are dropped."""
     names = ("main subject", "not the main subject", "no single subject", "not audited")
-    out: dict[str, list[list[int]]] = {}
-    for p in predictions:
-        if p["kind"] not in ("bokeh", "panning"):
-            continue
-        i = {"main": 0, "not_main": 1, "unclear": 2}.get(p.get("subject_audit") or "", 3)
-        b = out.setdefault(p["kind"], [[0, 0] for _ in names])[i]
-        b[0] += p["top_class"] != "sharp"
-        b[1] += 1
-    return {k: {n: (h, t) for n, (h, t) in zip(names, bins, strict=True) if t} for k, bins in sorted(out.items())}
+    return _subject_bins(predictions, names, _verdict_bin, negatives=True)
 
 
 def _fmt(i: Interval) -> str:

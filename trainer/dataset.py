@@ -55,6 +55,9 @@ _BACKGROUND_SIDE = 2048  # long side a photo is judged at (the shared race photo
 #: frame was (`background_sharpness`), so evaluation can tell a missed runner on a sharp background from a frame with
 #: nothing sharp left (models/MODEL_CARD.md, "Subject blur on race photos and on a sharp background").
 SUBJECT_KINDS = ("subject_defocus", "subject_motion")
+#: The kinds made through a person mask: the subject blurs, and the hard negatives that keep the masked person sharp
+#: (bokeh, panning). The same set as trainer.synthesis.MASK_KINDS, here without loading OpenCV (a test keeps them equal).
+MASK_KINDS = frozenset({*SUBJECT_KINDS, "bokeh", "panning"})
 DATASET_INFO = "dataset.json"
 MANIFEST = "manifest.csv"
 Progress = Callable[[str], None]
@@ -388,7 +391,7 @@ def _synthesise(
     # A reframed photo is loaded larger, so that its crop reaches the usual synthesis size where the photo allows.
     base = _load_working(job.source.path, round(WORK_LONG_SIDE / job.reframe) if reframe_now else WORK_LONG_SIDE)
     mask = None
-    if job.kind in synthesis.MASK_KINDS:
+    if job.kind in MASK_KINDS:
         mask = person_mask(base, job.source.path, mask_dir)
         if mask is None:
             raise ValueError(f"no person mask for {job.source.path.name}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.model import SHARP, EngineConfig, load_classifier
 from engine.preprocess import is_image_path
-from trainer.dataset import MANIFEST, PLAN_FOLDERS, read_manifest
+from trainer.dataset import MANIFEST, MASK_KINDS, PLAN_FOLDERS, read_manifest
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class Sample:
     # subject kinds, held-out splits: how sharp the rest of the frame was (dataset.background_sharpness; None: not
     # recorded, datasets before 2026-12-06 late)
     background_sharpness: float | None = None
-    # kinds made through a person mask (AUDITED_KINDS): the audit's verdict on the photo's mask (SUBJECT_AUDIT: main,
+    # kinds made through a person mask (MASK_KINDS; a bokeh or a panning of someone else blurs the subject): the
+    # audit's verdict on the photo's mask (SUBJECT_AUDIT: main,
     # not_main, unclear; None: not audited)
     subject_audit: str | None = None
 
@@ -102,10 +103,6 @@ def _number(params: dict[str, Any], key: str) -> float | None:
 #: dataset made with other masks (`--subject nearest`) gets the same verdicts, which may not fit its masks.
 SUBJECT_AUDIT = Path(__file__).with_name("subject_audit.csv")
 AUDIT_VERDICTS = ("main", "not_main", "unclear")
-#: The kinds made through the person mask (trainer.synthesis.MASK_KINDS, not imported here: it loads OpenCV): the
-#: subject blurs, and the hard negatives that keep the masked person sharp (a bokeh or a panning of someone else
-#: blurs the subject: not a sharp photo).
-AUDITED_KINDS = frozenset({"subject_defocus", "subject_motion", "bokeh", "panning"})
 
 
 def load_subject_audit(path: Path = SUBJECT_AUDIT) -> dict[str, str]:
@@ -151,11 +148,11 @@ def collect_samples(dataset_dir: Path, split: str = "val") -> list[Sample]:
                 path = dataset_dir / r.file
             params = _params(r.params)   # (parsed once per row)
             extent = _number(params, "extent_px") if r.kind in EXTENT_KINDS else None
-            if r.kind in AUDITED_KINDS and r.source not in verdicts:
+            if r.kind in MASK_KINDS and r.source not in verdicts:
                 verdicts[r.source] = audit_verdict(r.source, audit)
             out.append(Sample(path, r.label, r.kind, r.strength_px, r.group, extent or 0.0,
                               _number(params, "subject_share") or 0.0, _number(params, "background_sharpness"),
-                              verdicts.get(r.source) if r.kind in AUDITED_KINDS else None))
+                              verdicts.get(r.source) if r.kind in MASK_KINDS else None))
         return out
     root = dataset_dir / split if (dataset_dir / split).is_dir() else dataset_dir
     samples = []

@@ -23,6 +23,7 @@ from engine.model import SHARP
 from engine.preprocess import InputSpec, parse_reducing_gap
 from trainer.card import VISIBLE_PX
 from trainer.dataset import (
+    MASK_KINDS,
     Job,
     ManifestRow,
     Progress,
@@ -41,7 +42,6 @@ TEST_GROUPS = frozenset(
 )
 VAL_GROUPS = frozenset({"race03/pailixiang", "race04/runnerbar"})
 MIN_LONG_SIDE = 400  # smaller person photos would carry too little detail to blur meaningfully
-MASK_KINDS = frozenset({"subject_motion", "subject_defocus", "bokeh", "panning"})
 
 #: Examples per class in the training split, by kind (validation gets a quarter, test a fixed count).
 TRAIN_MIX: dict[str, dict[str, int]] = {

@@ -298,11 +298,11 @@ def test_the_subject_audit_holds_known_verdicts_and_refuses_others(tmp_path: Pat
 
 
 def test_the_audited_kinds_are_the_kinds_made_through_the_mask():
-    """Evaluation keeps its own list of the mask kinds (importing the synthesis would load OpenCV): it must not drift."""
-    from trainer.evaluate import AUDITED_KINDS
-    from trainer.synthesis import MASK_KINDS
+    """Evaluation and planning keep a list of the mask kinds that does not load OpenCV: it must not drift from the
+    synthesis's own."""
+    from trainer import dataset, synthesis
 
-    assert AUDITED_KINDS == MASK_KINDS
+    assert dataset.MASK_KINDS == synthesis.MASK_KINDS
 
 
 def test_evaluation_reports_shake_recall_by_extent_as_well_as_by_path_length(tmp_path: Path):
