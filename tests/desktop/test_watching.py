@@ -12,6 +12,10 @@ from desktop import settings as S
 from tests.desktop.conftest import jpeg_bytes, write_jpeg
 
 TIMEOUT = 30_000
+# The burst below is 156 photos through the real model: about 15 s on an idle 2-core laptop, several times that beside
+# a training run. These tests check what is reported, not how fast (bench/ measures speed), so that wait is generous;
+# waitUntil returns as soon as the condition holds.
+BURST_TIMEOUT = 180_000
 
 
 def _real(p: Path) -> str:
@@ -65,7 +69,7 @@ def test_watch_classifies_backlog_then_new_files_exactly_once(qtbot, make_window
     slow = ChunkedWriter(folder / "IMG_slow.jpg", jpeg_bytes(7, (640, 480)))
     slow.start()
     expected = {_real(p) for p in [*backlog, *burst, twice, folder / "IMG_slow.jpg"]}
-    qtbot.waitUntil(lambda: slow.done and _paths(window) == expected, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: slow.done and _paths(window) == expected, timeout=BURST_TIMEOUT)
     assert window.bridge.watching
 
     # Quiet period: nothing is reported twice, and the half-written file was never read.
