@@ -62,7 +62,7 @@
 # their names).
 # MASK_AUDIT=1 (every draw: the training examples of the mask kinds, subject blurs, bokeh and panning, only from photos
 # whose mask the audit of trainer/subject_audit.csv finds on the photo's main subject, `--audited-masks`; validation
-# and test unchanged; MODEL_CARD.md, "Which subject-blur labels are right": not measured yet). A changed MASK_AUDIT
+# and test unchanged; MODEL_CARD.md, "Training on audited masks only": measured, not shipped). A changed MASK_AUDIT
 # wants a fresh WORK (the datasets keep their names).
 # SCALE, SCALE2, REFRAME, SUBJECT_BG, MASK_AUDIT, VEIL and SHARPEN shape the datasets every chain trains on;
 # HOURS, HOURS2, EPOCHS2, EPOCHS, DENSE and START only the recipe's network (DISTILLED=0 or ENSEMBLE=0).
