@@ -34,26 +34,29 @@ SHARE_EDGES = (0.0, 0.03, 0.06, 0.12, 0.25, 1.0)
 SOFT_BACKGROUND = SHARP_BACKGROUND_MIN
 
 
-def _subject_bins(predictions: list[dict[str, Any]], names: Sequence[str],
-                  bin_of: Callable[[dict[str, Any]], int | None],
-                  negatives: bool = False) -> dict[str, dict[str, tuple[int, int]]]:
-    """Right / total of the subject blurs at visible strength, per kind and bin (`bin_of`: an index into `names`, or
-    None to leave a prediction out); empty bins are dropped. `negatives`: flagged / total of the other mask kinds
-    (bokeh, panning: sharp examples) instead."""
+def _count_bins(predictions: list[dict[str, Any]], names: Sequence[str],
+                bin_of: Callable[[dict[str, Any]], int | None],
+                hit: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Hits / total per kind and bin (`bin_of`: an index into `names`, or None to leave a prediction out); empty bins
+    are dropped."""
     out: dict[str, list[list[int]]] = {}
     for p in predictions:
-        if negatives:
-            if p["kind"] not in MASK_KINDS or p["kind"] in SUBJECT_KINDS:
-                continue
-        elif p["kind"] not in SUBJECT_KINDS or not _is_visible_blur(p):
-            continue
         i = bin_of(p)
         if i is None:
             continue
         b = out.setdefault(p["kind"], [[0, 0] for _ in names])[i]
-        b[0] += (p["top_class"] != "sharp") if negatives else (p["top_class"] == p["label"])
+        b[0] += hit(p)
         b[1] += 1
     return {k: {n: (h, t) for n, (h, t) in zip(names, bins) if t} for k, bins in sorted(out.items())}
+
+
+def _subject_bins(predictions: list[dict[str, Any]], names: Sequence[str],
+                  bin_of: Callable[[dict[str, Any]], int | None]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Right / total of the subject blurs at visible strength, per kind and bin (`_count_bins`)."""
+    def subject_bin(p: dict[str, Any]) -> int | None:
+        return bin_of(p) if p["kind"] in SUBJECT_KINDS and _is_visible_blur(p) else None
+
+    return _count_bins(predictions, names, subject_bin, lambda p: p["top_class"] == p["label"])
 
 
 def subject_share_bins(predictions: list[dict[str, Any]]) -> dict[str, dict[str, tuple[int, int]]]:
@@ -113,7 +116,10 @@ def negative_audit_split(predictions: list[dict[str, Any]]) -> dict[str, dict[st
     photo's subject blurs the subject, so its `sharp` label is wrong there. Predictions the audit does not hold count
     as "not audited"; empty bins are dropped."""
     names = ("main subject", "not the main subject", "no single subject", "not audited")
-    return _subject_bins(predictions, names, _verdict_bin, negatives=True)
+    def negative_bin(p: dict[str, Any]) -> int | None:
+        return _verdict_bin(p) if p["kind"] in MASK_KINDS and p["kind"] not in SUBJECT_KINDS else None
+
+    return _count_bins(predictions, names, negative_bin, lambda p: p["top_class"] != "sharp")
 
 
 def _fmt(i: Interval) -> str:

@@ -29,8 +29,7 @@ class Sample:
     # recorded, datasets before 2026-12-06 late)
     background_sharpness: float | None = None
     # kinds made through a person mask (MASK_KINDS; a bokeh or a panning of someone else blurs the subject): the
-    # audit's verdict on the photo's mask (SUBJECT_AUDIT: main,
-    # not_main, unclear; None: not audited)
+    # audit's verdict on the photo's mask (SUBJECT_AUDIT: main, not_main, unclear; None: not audited)
     subject_audit: str | None = None
 
 
